@@ -1,0 +1,332 @@
+"""The liquidation pass (rulebook R10): partial liquidation, bankruptcy, auto-deleveraging.
+
+R10.1 visits every non-system account in ascending byte order of id, handles each one that is
+liquidatable when visited, and repeats the visit while a visit handled one. Handling an account
+changes only that account, ``@insurance`` and (R10.6) the deleveraged counterparties, so an
+account not touched since it was last found healthy is still healthy. The pass therefore keeps
+the accounts that may be liquidatable: those the input touched, and those a handling touched —
+the ones after the current account in the current visit, the others in the next visit. That
+handles exactly the accounts of the literal visiting order, in the same order.
+"""
+
+from __future__ import annotations
+
+import heapq
+from fractions import Fraction
+from functools import cmp_to_key
+from math import ceil, floor
+from typing import TYPE_CHECKING
+
+from events import schema as s
+from events.numbers import fmt_units
+from projections.state import INSURANCE, LedgerState, is_system
+from projections.valuation import collateral_value, gross_notional, margin_term, notional, value
+
+if TYPE_CHECKING:
+    from clearing.engine import Decider
+
+
+def smallest_k(q_units: int, x: Fraction, y: Fraction, a: int, p: int) -> int | None:
+    """R10.3: the smallest k in 1..Q with min(ceil(k·x), P) + ceil((Q − k)·y) <= A, or None.
+
+    x = unit × mark × LF and y = unit × mark × IMF in minor units (y > x since IMF > LF);
+    A = equity − IM of the other positions; P = max(0, equity). The condition is not monotone
+    in k, so no bisection: below the penalty cap the left side lies in [h(k), h(k) + 2) with
+    h(k) = Q·y − k·(y − x), so only the k of a narrow window need an exact check, and every k
+    above the window holds; at or above the cap the condition is k >= Q − (A − P)/y.
+    """
+    big_q = q_units
+    # The capped part: ceil(k·x) >= P  <=>  k·x > P − 1.
+    k_cap_start = max(1, floor(Fraction(p - 1) / x) + 1)
+    capped = None
+    if a - p >= 0:  # ceil((Q − k)·y) <= A − P  <=>  (Q − k)·y <= A − P
+        k = max(k_cap_start, ceil(big_q - Fraction(a - p) / y))
+        if k <= big_q:
+            capped = k
+    # The part below the cap: k < k_cap_start.
+    d = y - x
+    top = min(big_q, k_cap_start - 1)
+    lo = max(1, floor((big_q * y - a - 1) / d) + 1)  # below it h(k) >= A + 1: never holds
+    hi = floor((big_q * y - a + 1) / d)  # above it h(k) < A − 1: always holds
+    for k in range(lo, min(hi, top) + 1):
+        if ceil(k * x) + ceil((big_q - k) * y) <= a:
+            return k
+    if max(lo, hi + 1) <= top:
+        return max(lo, hi + 1)
+    return capped
+
+
+class Pass:
+    """One liquidation pass (R10.1) over the accounts an input may have made liquidatable."""
+
+    def __init__(self, decider: "Decider") -> None:
+        self.decider = decider
+        self.state: LedgerState = decider.state
+
+    def run(self, candidates: set[str]) -> None:
+        pending = {a for a in candidates if not is_system(a)}
+        while pending:  # one visit of all accounts
+            heap = sorted(pending)
+            later: set[str] = set()  # touched at or before the current account: next visit
+            handled = False
+            queued = set(heap)
+            while heap:
+                account_id = heapq.heappop(heap)
+                queued.discard(account_id)
+                touched = self.visit(account_id)
+                if touched is None:
+                    continue
+                handled = True
+                for other in touched:
+                    if is_system(other):
+                        continue
+                    if other > account_id:
+                        if other not in queued:
+                            queued.add(other)
+                            heapq.heappush(heap, other)
+                    else:
+                        later.add(other)
+            if not handled:
+                break
+            pending = later
+
+    def visit(self, account_id: str) -> set[str] | None:
+        """Handle the account if it is liquidatable now (R6.7); the accounts touched, or None."""
+        acct = self.state.accounts[account_id]
+        v = value(self.state, acct)
+        if v.equity >= v.maintenance_margin:
+            return None
+        if v.equity >= 0:  # R10.2
+            self.solvent(account_id)
+            return {account_id}
+        return self.bankrupt(account_id) | {account_id}
+
+    # --- R10.3 ----------------------------------------------------------------------------
+    def solvent(self, account_id: str) -> None:
+        state = self.state
+        acct = state.accounts[account_id]
+        v = value(state, acct)
+        while acct.positions and v.equity < v.initial_margin:
+            # The largest maintenance contribution, compared rounded; ties by instrument id.
+            def contribution(instrument: str) -> tuple[int, str]:
+                info = state.instruments[instrument]
+                n = notional(info, acct.positions[instrument], state.marks[info.underlying])
+                return margin_term(n, info.mmf_num, info.mmf_den), instrument
+
+            instrument = min(acct.positions, key=lambda i: (-contribution(i)[0], i))
+            info = state.instruments[instrument]
+            mark = state.marks[info.underlying]
+            qty = acct.positions[instrument]
+            big_q = abs(qty)
+            unit_value = mark * info.notional_scale  # one qty unit at mark, in minor units
+            x = Fraction(unit_value * info.lf_num, info.lf_den)
+            y = Fraction(unit_value * info.imf_num, info.imf_den)
+            im_this = margin_term(big_q * unit_value, info.imf_num, info.imf_den)
+            mm_this = margin_term(big_q * unit_value, info.mmf_num, info.mmf_den)
+            a = v.equity - (v.initial_margin - im_this)
+            p = max(0, v.equity)
+            k = smallest_k(big_q, x, y, a, p)
+            if k is None:
+                k = big_q  # R10.3: none restores equity >= IM: close the whole position
+            uncapped = ceil(k * x)
+            penalty = min(uncapped, p)  # R10.3: never more than the equity before the close
+            after = qty - k if qty > 0 else qty + k
+            rest = abs(after) * unit_value
+            equity_after = v.equity - penalty
+            im_after = v.initial_margin - im_this + margin_term(rest, info.imf_num, info.imf_den)
+            mm_after = v.maintenance_margin - mm_this + margin_term(rest, info.mmf_num, info.mmf_den)
+            self.decider.record(
+                s.Liquidation,
+                rule="R10.3",
+                account=account_id,
+                instrument=instrument,
+                price=fmt_units(mark, state.assets[info.underlying].price_decimals),
+                qty=fmt_units(k, info.qty_decimals),
+                k=k,
+                position_before=fmt_units(qty, info.qty_decimals),
+                position_after=fmt_units(after, info.qty_decimals),
+                penalty=self.decider.money(penalty),
+                penalty_uncapped=self.decider.money(uncapped),
+                equity_before=self.decider.money(v.equity),
+                initial_margin_before=self.decider.money(v.initial_margin),
+                maintenance_margin_before=self.decider.money(v.maintenance_margin),
+                equity_after=self.decider.money(equity_after),
+                initial_margin_after=self.decider.money(im_after),
+                maintenance_margin_after=self.decider.money(mm_after),
+            )
+            v = value(state, acct)
+            assert (v.equity, v.initial_margin, v.maintenance_margin) == (
+                equity_after,
+                im_after,
+                mm_after,
+            ), "R10.3 figures disagree with the fold"
+
+    # --- R10.4 to R10.7 ---------------------------------------------------------------------
+    def bankrupt(self, account_id: str) -> set[str]:
+        state = self.state
+        money = self.decider.money
+        acct = state.accounts[account_id]
+        v = value(state, acct)
+        deficit = -v.equity
+        fund = state.accounts[INSURANCE].cash
+        cover = min(deficit, max(0, fund))
+        remainder = deficit - cover
+        seized = []
+        for asset in sorted(acct.balances):
+            units = acct.balances[asset]
+            if units <= 0:
+                continue
+            info = state.assets[asset]
+            mark = state.marks.get(asset)
+            seized.append(
+                s.Seizure(
+                    asset=asset,
+                    amount=fmt_units(units, info.decimals),
+                    price=fmt_units(mark, info.price_decimals) if mark is not None else "0",
+                    value=money(collateral_value(state, asset, units)),
+                )
+            )
+        residual = remainder if remainder > 0 and not acct.positions else 0
+        self.decider.record(
+            s.Bankruptcy,
+            account=account_id,
+            equity=money(v.equity),
+            maintenance_margin=money(v.maintenance_margin),
+            deficit=money(deficit),
+            insurance_fund=money(fund),
+            cover=money(cover),
+            remainder=money(remainder),
+            residual=money(residual),
+            seized=seized,
+        )
+        if remainder == 0:
+            self.take_over(account_id)
+            touched: set[str] = set()
+        else:
+            touched = self.deleverage(account_id, remainder)
+        assert not acct.positions and not acct.balances and acct.cash == 0, "R10.5/R10.6 end state"
+        return touched
+
+    def take_over(self, account_id: str) -> None:
+        """R10.5: every position moves at mark to @insurance, no penalty."""
+        state = self.state
+        acct = state.accounts[account_id]
+        money = self.decider.money
+        for instrument in sorted(acct.positions):
+            info = state.instruments[instrument]
+            mark = state.marks[info.underlying]
+            qty = acct.positions[instrument]
+            v = value(state, acct)
+            n = notional(info, qty, mark)
+            self.decider.record(
+                s.Liquidation,
+                rule="R10.5",
+                account=account_id,
+                instrument=instrument,
+                price=fmt_units(mark, state.assets[info.underlying].price_decimals),
+                qty=fmt_units(abs(qty), info.qty_decimals),
+                k=abs(qty),
+                position_before=fmt_units(qty, info.qty_decimals),
+                position_after="0",
+                penalty="0",
+                penalty_uncapped="0",
+                equity_before=money(v.equity),
+                initial_margin_before=money(v.initial_margin),
+                maintenance_margin_before=money(v.maintenance_margin),
+                equity_after=money(v.equity),
+                initial_margin_after=money(
+                    v.initial_margin - margin_term(n, info.imf_num, info.imf_den)
+                ),
+                maintenance_margin_after=money(
+                    v.maintenance_margin - margin_term(n, info.mmf_num, info.mmf_den)
+                ),
+            )
+
+    def deleverage(self, account_id: str, remainder: int) -> set[str]:
+        """R10.6: split R over the positions and close them against the ranked counterparties."""
+        state = self.state
+        money = self.decider.money
+        acct = state.accounts[account_id]
+        instruments = sorted(acct.positions)
+        # R10.6: R_i = floor(R × m_i / Σm); the leftover minor units one each, largest m_i first.
+        contributions = {}
+        for instrument in instruments:
+            info = state.instruments[instrument]
+            n = notional(info, acct.positions[instrument], state.marks[info.underlying])
+            contributions[instrument] = margin_term(n, info.mmf_num, info.mmf_den)
+        total_m = sum(contributions.values())
+        shares = {i: remainder * m // total_m for i, m in contributions.items()}
+        leftover = remainder - sum(shares.values())
+        for instrument in sorted(instruments, key=lambda i: (-contributions[i], i))[:leftover]:
+            shares[instrument] += 1
+        # Equity and leverage of every possible counterparty, once, as R10.6 starts.
+        snapshot: dict[str, tuple[int, int]] = {}
+        for instrument in instruments:
+            for other in state.holders[instrument]:
+                if other != account_id and not is_system(other) and other not in snapshot:
+                    other_acct = state.accounts[other]
+                    snapshot[other] = (value(state, other_acct).equity, gross_notional(state, other_acct))
+
+        def ranking(a: str, b: str) -> int:
+            (ea, na), (eb, nb) = snapshot[a], snapshot[b]
+            if (ea > 0) != (eb > 0):
+                return -1 if ea > 0 else 1
+            if ea > 0:
+                # Higher effective leverage n/e first, compared exactly: na/ea vs nb/eb.
+                lhs, rhs = na * eb, nb * ea
+                if lhs != rhs:
+                    return -1 if lhs > rhs else 1
+            return -1 if a < b else (1 if a > b else 0)
+
+        touched: set[str] = set()
+        for instrument in instruments:
+            info = state.instruments[instrument]
+            mark = state.marks[info.underlying]
+            price = fmt_units(mark, state.assets[info.underlying].price_decimals)
+            q_a = acct.positions[instrument]
+            size = abs(q_a)
+            share = shares[instrument]
+            opposite = [
+                other
+                for other in state.holders[instrument]
+                if other != account_id
+                and not is_system(other)
+                and (state.accounts[other].positions[instrument] > 0) != (q_a > 0)
+            ]
+            opposite.sort(key=cmp_to_key(ranking))
+            left = size
+            paid_total = 0
+            steps: list[tuple[str, int, int]] = []  # (counterparty, qty, rank)
+            for rank, other in enumerate(opposite, start=1):
+                if left == 0:
+                    break
+                delta = min(abs(state.accounts[other].positions[instrument]), left)
+                left -= delta
+                steps.append((other, delta, rank))
+            if left:
+                steps.append((INSURANCE, left, 0))  # the rest is held by @insurance
+            for index, (other, delta, rank) in enumerate(steps):
+                last = index == len(steps) - 1
+                paid = share - paid_total if last else share * delta // size
+                paid_total += paid
+                equity, gross = snapshot.get(other, (0, 0))
+                self.decider.record(
+                    s.Deleverage,
+                    account=account_id,
+                    counterparty=other,
+                    instrument=instrument,
+                    price=price,
+                    qty=fmt_units(delta, info.qty_decimals),
+                    position_before=fmt_units(acct.positions[instrument], info.qty_decimals),
+                    counterparty_position_before=fmt_units(
+                        state.accounts[other].positions.get(instrument, 0), info.qty_decimals
+                    ),
+                    share=money(share),
+                    paid=money(paid),
+                    rank=rank,
+                    counterparty_equity=money(equity),
+                    counterparty_notional=money(gross),
+                )
+                if other != INSURANCE:
+                    touched.add(other)
+        return touched
