@@ -1,0 +1,192 @@
+"""The command line (interfaces §3): a thin shell where each command is one library call.
+
+Data goes to standard output (one JSON document with ``--json``), progress and messages to
+standard error. Exit codes: 0 success, 1 findings, 2 usage errors, malformed input, a missing
+store or any other failure (an unexpected exception never exits 1).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+import msgspec
+
+from events.store import StoreError
+
+from clearing import app
+
+_json = msgspec.json.Encoder()
+
+
+def _emit_json(doc: object) -> None:
+    sys.stdout.buffer.write(_json.encode(doc) + b"\n")
+    sys.stdout.flush()
+
+
+def _fail(code: str, message: str) -> None:
+    click.echo(f"error[{code}]: {message}", err=True)
+    sys.exit(2)
+
+
+store_option = click.option(
+    "--store",
+    "store",
+    envvar="CLEARING_STORE",
+    default=None,
+    help="SQLite file (default clearing.db) or postgresql://user@host:port/dbname; env CLEARING_STORE.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """clearing: an event-sourced clearinghouse ledger for cross-margined derivatives."""
+
+
+@cli.command()
+@store_option
+@click.option("--origin", required=True, help="The ledger's name, e.g. example.org/clearing.")
+@click.option("--key-file", default=None, envvar="CLEARING_KEY_FILE", help="Signing key file (default <store>.key).")
+def init(store: str | None, origin: str, key_file: str | None) -> None:
+    """Create an empty ledger and its Ed25519 signing key; print the verifier key."""
+    url = app.store_url(store)
+    verifier = app.init_ledger(url, origin, key_file)
+    click.echo(verifier)
+    click.echo(f"created ledger {origin!r} at {url}; key file {app.key_file_for(url, key_file)}", err=True)
+
+
+@cli.command()
+@store_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("--checkpoint", is_flag=True, help="Sign a checkpoint at the end (see `clearing checkpoint`).")
+@json_option
+def ingest(store: str | None, files: tuple[str, ...], checkpoint: bool, as_json: bool) -> None:
+    """Append the input events of each FILE (`-` = standard input)."""
+    url = app.store_url(store)
+    summary = app.IngestSummary()
+    failed = False
+    ledger = app.open_ledger(url)
+    try:
+        with ledger.writer_lock():
+            ingestor = app.Ingestor(ledger)
+            for name in files:
+                data = _read_input(name)
+                inputs, duplicates, errors = ingestor.check_file(name, data)
+                if errors is not None:
+                    for line in errors.lines():
+                        click.echo(line, err=True)
+                    failed = True
+                    continue
+                summary.duplicates += duplicates
+                if len(inputs) >= 20_000 and sys.stderr.isatty():
+                    with click.progressbar(length=len(inputs), label=f"ingesting {name}", file=sys.stderr) as bar:
+                        ingestor.append_inputs(inputs, summary, bar.update)
+                else:
+                    ingestor.append_inputs(inputs, summary)
+            summary.head_seq = ledger.head()[0]
+        if checkpoint:
+            click.echo("warning: checkpoints arrive with the tamper-evident log; none signed", err=True)
+    finally:
+        ledger.close()
+    if as_json:
+        _emit_json(summary.as_json())
+    else:
+        click.echo(
+            f"appended {summary.appended} inputs with {summary.decisions} decisions "
+            f"({summary.rejected} rejected, {summary.duplicates} duplicates skipped); head seq {summary.head_seq}",
+            err=True,
+        )
+    if failed:
+        sys.exit(2)
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        _fail("unreadable_file", f"{name}: {exc.strerror}")
+        raise  # unreachable
+
+
+@cli.command()
+@store_option
+@click.option("--at", "at", default=None, help="State after the last input with ts <= AT (RFC 3339, UTC).")
+@click.option("--seq", "seq", type=int, default=None, help="State after event SEQ.")
+@click.option("--account", default=None, help="Only this account.")
+@json_option
+def state(store: str | None, at: str | None, seq: int | None, account: str | None, as_json: bool) -> None:
+    """The state at a point of the log (default: now)."""
+    if at is not None and seq is not None:
+        raise click.UsageError("give --at or --seq, not both")
+    from projections.report import state_document
+
+    ledger = app.open_ledger(app.store_url(store))
+    try:
+        current = app.state_at(ledger, seq=seq, ts=at)
+    finally:
+        ledger.close()
+    doc = state_document(current, account)
+    if as_json:
+        _emit_json(doc)
+        return
+    click.echo(_render_state(doc))
+
+
+def _render_state(doc: dict) -> str:
+    out = [f"seq {doc['seq']}  ts {doc['ts']}  rules {doc['rules']}"]
+    if doc["marks"]:
+        out.append("marks: " + "  ".join(f"{a} {p}" for a, p in doc["marks"].items()))
+    out.append(f"insurance fund: {doc['insurance_fund']}")
+    header = f"{'account':<24} {'equity':>18} {'IM':>16} {'MM':>16} {'free':>18}  liq  holdings"
+    out.append(header)
+    for name, entry in doc["accounts"].items():
+        holdings = ", ".join(
+            [f"{a} {v}" for a, v in entry["balances"].items()]
+            + [f"{i} {q}" for i, q in entry["positions"].items()]
+        )
+        out.append(
+            f"{name:<24} {entry['equity']:>18} {entry['initial_margin']:>16} "
+            f"{entry['maintenance_margin']:>16} {entry['free_collateral']:>18}  "
+            f"{'YES' if entry['liquidatable'] else 'no ':<3}  {holdings}"
+        )
+    if doc["exposure"]:
+        out.append("exposure (long / short / @insurance):")
+        for instrument, e in doc["exposure"].items():
+            out.append(f"  {instrument}: {e['long']} / {e['short']} / {e['insurance']}")
+    return "\n".join(out)
+
+
+@cli.command()
+@click.option("--dir", "directory", default=None, help="Folder for the demo ledger (default: a fresh folder here).")
+def demo(directory: str | None) -> None:
+    """Build a realistic ledger with a market crash, and tour it."""
+    from clearing.demo import run_demo
+
+    run_demo(directory)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(2)
+    except StoreError as exc:
+        _fail(exc.code, exc.message)
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        sys.exit(2)
+    except Exception:  # a programmer's mistake: never exit 1, which means "findings"
+        traceback.print_exc(file=sys.stderr)
+        sys.exit(2)
