@@ -1,0 +1,173 @@
+"""The log store contract: one totally ordered, gap-free stream of log events.
+
+This module is backend-neutral. ``events.sqlite_store`` implements it on the
+``eventsourcing`` library's SQLite recorder; a PostgreSQL implementation of the
+same contract can be added later (``open_store`` dispatches on the URL).
+
+Terms
+-----
+* ``seq``: log position, 1, 2, 3, ... with no gaps. One ``append`` is one atomic
+  transaction; readers only ever observe whole appends.
+* ``payload``: the canonical bytes of an event. Opaque to the store.
+* ``leaf``: SHA-256(0x00 || payload), computed by the caller and stored as given.
+* ``ref``: the input's id (for an input event) or the causing input's id (for a
+  decision event).
+* ``input_digest``: for input events, the caller's SHA-256 of the input's canonical
+  content without seq (used for idempotent re-submission checks); ``None`` for
+  decisions. Inputs are indexed by id (see ``find_inputs``).
+"""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from typing import Iterator, NamedTuple, Sequence
+from uuid import NAMESPACE_URL, uuid5
+
+__all__ = [
+    "LOG_ID",
+    "LogRecord",
+    "LogStore",
+    "StoreError",
+    "open_store",
+]
+
+#: originator_id of the single log stream in the library's ``stored_events`` table.
+LOG_ID = uuid5(NAMESPACE_URL, "clearing:log")
+
+
+class LogRecord(NamedTuple):
+    seq: int
+    ts_us: int  # microseconds since the Unix epoch, UTC
+    type: str  # event type, e.g. "deposit", "rejected"
+    ref: str  # input id (for an input) or causing input id (for a decision)
+    payload: bytes  # canonical bytes of the event (opaque here)
+    leaf: bytes  # 32-byte SHA-256(0x00 || payload), computed by the caller
+    input_digest: bytes | None  # 32 bytes for input events, None for decisions
+
+
+class StoreError(Exception):
+    """User-facing store failure with a stable ``.code`` and a ``.message``.
+
+    Codes:
+      * ``store_missing``   – no ledger at this location (only ``create`` works)
+      * ``store_exists``    – ``create`` on a location that already holds a ledger
+      * ``store_invalid``   – the location holds something that is not a ledger store
+      * ``store_locked``    – ``writer_lock`` could not be acquired within the timeout
+      * ``append_conflict`` – the batch does not continue the log at head+1
+        contiguously, or an input id in it is already recorded; nothing was written
+    """
+
+    def __init__(self, code: str, message: str = "") -> None:
+        self.code = code
+        self.message = message or code
+        super().__init__(self.message)
+
+    def __reduce__(self):  # picklable across processes
+        return (type(self), (self.code, self.message))
+
+    def __repr__(self) -> str:
+        return f"StoreError({self.code!r}, {self.message!r})"
+
+
+class LogStore(abc.ABC):
+    """One ledger's log. Single writer (see ``writer_lock``), many readers."""
+
+    url: str
+
+    @abc.abstractmethod
+    def create(self, meta: dict[str, str]) -> None:
+        """Create the ledger's tables and write ``meta`` in one transaction.
+
+        Raises StoreError("store_exists") if a ledger is already there.
+        """
+
+    @abc.abstractmethod
+    def exists(self) -> bool:
+        """True if a ledger has been created at this location."""
+
+    @abc.abstractmethod
+    def meta(self) -> dict[str, str]:
+        """The metadata written by ``create``."""
+
+    @abc.abstractmethod
+    def head(self) -> tuple[int, int]:
+        """(last seq, its ts_us); (0, 0) when the log is empty."""
+
+    @abc.abstractmethod
+    def append(self, records: Sequence[LogRecord]) -> None:
+        """Append records in ONE atomic transaction.
+
+        ``records[0].seq`` must equal head+1 and the seqs must be contiguous,
+        else StoreError("append_conflict") and nothing is written. An input id
+        (record with ``input_digest`` set) that is already recorded is also an
+        ``append_conflict``. An empty sequence is a no-op.
+        """
+
+    @abc.abstractmethod
+    def read(
+        self, after_seq: int = 0, upto_seq: int | None = None, batch: int = 10000
+    ) -> Iterator[list[LogRecord]]:
+        """Records with after_seq < seq <= upto_seq, ascending, in pages of <= batch.
+
+        ``upto_seq=None`` means the head at the time the iteration starts.
+        ``input_digest`` may be None in results (an implementation may omit it).
+        """
+
+    @abc.abstractmethod
+    def read_payloads(
+        self, after_seq: int = 0, upto_seq: int | None = None, batch: int = 10000
+    ) -> Iterator[list[tuple[int, str, bytes]]]:
+        """Fast path of ``read``: pages of (seq, type, payload)."""
+
+    @abc.abstractmethod
+    def get(self, seq: int) -> LogRecord | None:
+        """The record at ``seq`` (with input_digest for inputs), or None."""
+
+    @abc.abstractmethod
+    def seq_at_time(self, ts_us: int) -> int:
+        """Max seq with ts_us <= the given time; 0 if none."""
+
+    @abc.abstractmethod
+    def find_inputs(self, ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """id -> (seq, digest) for those of ``ids`` that are recorded inputs."""
+
+    @abc.abstractmethod
+    def put_snapshot(self, seq: int, state: bytes) -> None:
+        """Store derived state as of ``seq`` (replaces an existing one at that seq)."""
+
+    @abc.abstractmethod
+    def latest_snapshot(self, at_or_before: int) -> tuple[int, bytes] | None:
+        """The snapshot with the greatest seq <= at_or_before, or None."""
+
+    @abc.abstractmethod
+    def writer_lock(self, timeout: float = 10.0) -> AbstractContextManager[None]:
+        """Context manager: exclusive writer for this ledger across processes.
+
+        Raises StoreError("store_locked") if not acquired within ``timeout`` s.
+        Not re-entrant: acquiring it again while held (even in the same
+        process) waits and then fails with store_locked.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    def __enter__(self) -> "LogStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(url: str) -> LogStore:
+    """Open (never create) the store at ``url``.
+
+    ``postgresql://...`` / ``postgres://...``: not implemented yet.
+    Anything else: an SQLite file path.
+    """
+    if url.startswith(("postgresql://", "postgres://", "postgresql+")):
+        raise NotImplementedError("PostgreSQL log store is not implemented yet")
+    from events.sqlite_store import SQLiteLogStore
+
+    return SQLiteLogStore(url)

@@ -1,0 +1,579 @@
+"""Contract tests for ``events.store.LogStore``.
+
+``StoreContract`` is backend-neutral: a backend test class subclasses it and
+implements ``make_store()`` (a store object for a location where no ledger has
+been created yet). Cross-process tests open the same ledger in a child Python
+process with ``open_store(store.url)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from events.store import LOG_ID, LogRecord, LogStore, StoreError, open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000_123_456  # µs, with a sub-second part
+
+
+def rec(seq: int, ts_us: int | None = None, *, decision: bool = False, ref: str | None = None,
+        payload: bytes | None = None, type_: str | None = None) -> LogRecord:
+    """A test record: inputs have ref 'in-<seq>' and a digest; decisions point at ref."""
+    if payload is None:
+        payload = b'{"seq":%d,"x":"' % seq + bytes([seq % 251]) * 40 + b'"}'
+    ts = T0 + seq * 1000 if ts_us is None else ts_us
+    if decision:
+        return LogRecord(seq, ts, type_ or "rejected", ref or "in-unknown", payload,
+                         hashlib.sha256(b"\x00" + payload).digest(), None)
+    return LogRecord(seq, ts, type_ or "deposit", ref or f"in-{seq}", payload,
+                     hashlib.sha256(b"\x00" + payload).digest(),
+                     hashlib.sha256(b"input:" + payload).digest())
+
+
+def recs(first: int, n: int, **kw) -> list[LogRecord]:
+    return [rec(s, **kw) for s in range(first, first + n)]
+
+
+def all_records(store: LogStore, **kw) -> list[LogRecord]:
+    return [r for page in store.read(**kw) for r in page]
+
+
+def run_child(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
+
+
+def spawn_child(code: str, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(ROOT))
+
+
+class StoreContract:
+    """Backend-neutral contract. Subclasses implement ``make_store``."""
+
+    def make_store(self) -> LogStore:  # pragma: no cover - abstract hook
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self):
+        s = self.make_store()
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def ledger(self, store):
+        store.create({"ledger": "test", "created_by": "pytest"})
+        return store
+
+    # ------------------------------------------------------------ lifecycle
+
+    def test_missing_store_raises_store_missing_everywhere(self, store):
+        assert store.exists() is False
+        calls = [
+            lambda: store.meta(),
+            lambda: store.head(),
+            lambda: store.append([rec(1)]),
+            lambda: store.read(),
+            lambda: store.read_payloads(),
+            lambda: store.get(1),
+            lambda: store.seq_at_time(T0),
+            lambda: store.find_inputs(["in-1"]),
+            lambda: store.put_snapshot(1, b"s"),
+            lambda: store.latest_snapshot(1),
+            lambda: store.writer_lock().__enter__(),
+        ]
+        for call in calls:
+            with pytest.raises(StoreError) as ei:
+                call()
+            assert ei.value.code == "store_missing"
+        assert store.exists() is False  # nothing above created a ledger
+        store.close()
+        store.close()  # idempotent
+
+    def test_create_then_exists_and_meta(self, store):
+        store.create({"ledger": "L1", "k": "v"})
+        assert store.exists()
+        assert store.meta() == {"ledger": "L1", "k": "v"}
+        assert store.head() == (0, 0)
+        assert all_records(store) == []
+        other = open_store(store.url)
+        try:
+            assert other.exists()
+            assert other.meta() == {"ledger": "L1", "k": "v"}
+        finally:
+            other.close()
+
+    def test_create_twice_is_store_exists(self, store):
+        store.create({"a": "1"})
+        with pytest.raises(StoreError) as ei:
+            store.create({"a": "2"})
+        assert ei.value.code == "store_exists"
+        other = open_store(store.url)
+        try:
+            with pytest.raises(StoreError) as ei:
+                other.create({"a": "3"})
+            assert ei.value.code == "store_exists"
+        finally:
+            other.close()
+        assert store.meta() == {"a": "1"}
+
+    def test_store_error_has_code_and_message(self):
+        e = StoreError("append_conflict", "seq 5 overlaps")
+        assert e.code == "append_conflict" and e.message == "seq 5 overlaps"
+        assert str(e) == "seq 5 overlaps"
+
+    # ------------------------------------------------------------ append / read
+
+    def test_append_read_round_trip_is_byte_identical(self, ledger):
+        batch1 = recs(1, 5) + [rec(6, decision=True, ref="in-5", payload=b"\x00\xff\x00binary")]
+        batch2 = recs(7, 4)
+        ledger.append(batch1)
+        ledger.append(batch2)
+        got = all_records(ledger)
+        assert [r.seq for r in got] == list(range(1, 11))
+        for want, have in zip(batch1 + batch2, got):
+            assert isinstance(have.payload, bytes) and have.payload == want.payload
+            assert (have.seq, have.ts_us, have.type, have.ref, have.leaf) == \
+                   (want.seq, want.ts_us, want.type, want.ref, want.leaf)
+            assert have.input_digest in (None, want.input_digest)
+        payloads = [t for page in ledger.read_payloads() for t in page]
+        assert payloads == [(r.seq, r.type, r.payload) for r in batch1 + batch2]
+        # get() returns the full record, digest included for inputs.
+        assert ledger.get(3) == batch1[2]
+        assert ledger.get(6) == batch1[5] and ledger.get(6).input_digest is None
+        assert ledger.get(0) is None and ledger.get(11) is None
+
+    def test_read_ranges_and_pages(self, ledger):
+        ledger.append(recs(1, 25))
+        pages = list(ledger.read(batch=10))
+        assert [len(p) for p in pages] == [10, 10, 5]
+        assert [r.seq for p in pages for r in p] == list(range(1, 26))
+        assert [r.seq for r in all_records(ledger, after_seq=7, upto_seq=12)] == [8, 9, 10, 11, 12]
+        assert all_records(ledger, after_seq=25) == []
+        assert all_records(ledger, after_seq=5, upto_seq=5) == []
+        assert [r.seq for r in all_records(ledger, after_seq=20, upto_seq=100)] == [21, 22, 23, 24, 25]
+        ppages = list(ledger.read_payloads(after_seq=3, upto_seq=17, batch=4))
+        assert [len(p) for p in ppages] == [4, 4, 4, 2]
+        assert [t[0] for p in ppages for t in p] == list(range(4, 18))
+
+    def test_read_without_upto_stops_at_head_when_started(self, ledger):
+        ledger.append(recs(1, 10))
+        it = ledger.read(batch=4)
+        first = next(it)
+        ledger.append(recs(11, 10))  # appended while iterating
+        rest = [r for p in it for r in p]
+        assert [r.seq for r in first + rest] == list(range(1, 11))
+        assert [r.seq for r in all_records(ledger)] == list(range(1, 21))
+
+    def test_head_tracks_last_seq_and_ts(self, ledger):
+        assert ledger.head() == (0, 0)
+        ledger.append([rec(1, T0)])
+        assert ledger.head() == (1, T0)
+        ledger.append([rec(2, T0 + 5), rec(3, T0 + 7)])
+        assert ledger.head() == (3, T0 + 7)
+
+    def test_empty_append_is_a_noop(self, ledger):
+        ledger.append([])
+        assert ledger.head() == (0, 0)
+
+    def test_append_50000_in_one_transaction(self, ledger):
+        big = [LogRecord(s, T0 + s, "trade", f"in-{s}", b"p%d" % s, b"L" * 32, b"D" * 32)
+               for s in range(1, 50_001)]
+        ledger.append(big)
+        assert ledger.head() == (50_000, T0 + 50_000)
+        n = 0
+        for page in ledger.read_payloads(batch=10_000):
+            assert len(page) <= 10_000
+            n += len(page)
+        assert n == 50_000
+        assert ledger.get(49_999).payload == b"p49999"
+
+    # ------------------------------------------------------------ conflicts and atomicity
+
+    def _assert_unchanged(self, store, expected: list[LogRecord]):
+        assert store.head() == ((expected[-1].seq, expected[-1].ts_us) if expected else (0, 0))
+        assert [r[:6] for r in all_records(store)] == [r[:6] for r in expected]
+
+    def test_gap_is_append_conflict(self, ledger):
+        base = recs(1, 3)
+        ledger.append(base)
+        with pytest.raises(StoreError) as ei:
+            ledger.append(recs(5, 2))
+        assert ei.value.code == "append_conflict"
+        self._assert_unchanged(ledger, base)
+        assert ledger.find_inputs(["in-5", "in-6"]) == {}
+
+    def test_first_append_must_start_at_1(self, ledger):
+        with pytest.raises(StoreError) as ei:
+            ledger.append(recs(2, 3))
+        assert ei.value.code == "append_conflict"
+        self._assert_unchanged(ledger, [])
+
+    def test_overlap_is_append_conflict(self, ledger):
+        base = recs(1, 3)
+        ledger.append(base)
+        for bad in (recs(3, 2), recs(1, 1), recs(2, 5)):
+            with pytest.raises(StoreError) as ei:
+                ledger.append(bad)
+            assert ei.value.code == "append_conflict"
+        self._assert_unchanged(ledger, base)
+
+    def test_non_contiguous_batch_is_append_conflict(self, ledger):
+        base = recs(1, 2)
+        ledger.append(base)
+        for bad in ([rec(3), rec(5)], [rec(3), rec(3)], [rec(4), rec(3)]):
+            with pytest.raises(StoreError) as ei:
+                ledger.append(bad)
+            assert ei.value.code == "append_conflict"
+        self._assert_unchanged(ledger, base)
+        ledger.append([rec(3), rec(4)])  # the right batch still goes in
+        assert ledger.head()[0] == 4
+
+    def test_duplicate_input_id_rejects_whole_batch(self, ledger):
+        base = recs(1, 3)
+        ledger.append(base)
+        again = recs(4, 3)
+        again[2] = rec(6, ref="in-2")  # input id already recorded at seq 2
+        with pytest.raises(StoreError) as ei:
+            ledger.append(again)
+        assert ei.value.code == "append_conflict"
+        self._assert_unchanged(ledger, base)
+        assert ledger.find_inputs(["in-4", "in-5"]) == {}
+
+    def test_failure_midway_through_transaction_leaves_nothing(self, ledger):
+        base = recs(1, 3)
+        ledger.append(base)
+        batch = recs(4, 100)
+        # The last record violates NOT NULL on the leaf: the events before it
+        # were already inserted inside the transaction when it fails.
+        batch[-1] = batch[-1]._replace(leaf=None)
+        with pytest.raises(Exception):
+            ledger.append(batch)
+        self._assert_unchanged(ledger, base)
+        assert ledger.find_inputs([r.ref for r in batch]) == {}
+        ledger.append(recs(4, 2))  # store still usable, no hole was burnt
+        assert [r.seq for r in all_records(ledger)] == [1, 2, 3, 4, 5]
+
+    def test_timestamps_must_not_go_backwards(self, ledger):
+        ledger.append([rec(1, T0 + 10)])
+        with pytest.raises(StoreError) as ei:
+            ledger.append([rec(2, T0 + 9)])
+        assert ei.value.code == "append_invalid"
+        with pytest.raises(StoreError) as ei:
+            ledger.append([rec(2, T0 + 20), rec(3, T0 + 19)])
+        assert ei.value.code == "append_invalid"
+        assert ledger.head() == (1, T0 + 10)
+        ledger.append([rec(2, T0 + 10), rec(3, T0 + 10)])  # equal is fine
+        assert ledger.head() == (3, T0 + 10)
+
+    # ------------------------------------------------------------ time, inputs, snapshots
+
+    def test_seq_at_time(self, ledger):
+        t = T0
+        ledger.append([rec(1, t), rec(2, t + 1_500), rec(3, t + 1_500), rec(4, t + 1_500)])
+        ledger.append([rec(5, t + 2_000_001), rec(6, t + 2_000_001)])
+        assert ledger.seq_at_time(t - 1) == 0
+        assert ledger.seq_at_time(0) == 0
+        assert ledger.seq_at_time(t) == 1
+        assert ledger.seq_at_time(t + 1_499) == 1           # between events
+        assert ledger.seq_at_time(t + 1_500) == 4           # equal timestamps: the last of them
+        assert ledger.seq_at_time(t + 2_000_000) == 4
+        assert ledger.seq_at_time(t + 2_000_001) == 6
+        assert ledger.seq_at_time(t + 10**12) == 6
+
+    def test_seq_at_time_empty(self, ledger):
+        assert ledger.seq_at_time(T0) == 0
+
+    def test_find_inputs_handles_thousands_of_ids(self, ledger):
+        rows = []
+        for s in range(1, 6001):
+            rows.append(rec(s, decision=(s % 3 == 0), ref=f"in-{s - 1}" if s % 3 == 0 else None))
+        for i in range(0, len(rows), 2000):
+            ledger.append(rows[i:i + 2000])
+        inputs = {r.ref: (r.seq, r.input_digest) for r in rows if r.input_digest is not None}
+        assert len(inputs) == 4000
+        query = list(inputs) + [f"nope-{i}" for i in range(2500)] + ["in-1", "in-1"]
+        found = ledger.find_inputs(query)
+        assert found == inputs
+        assert ledger.find_inputs([]) == {}
+        assert ledger.find_inputs(["in-3"]) == {}  # seq 3 is a decision, not an input
+        assert ledger.find_inputs(["in-2"]) == {"in-2": inputs["in-2"]}
+
+    def test_snapshots_latest_at_or_before(self, ledger):
+        ledger.append(recs(1, 50))
+        assert ledger.latest_snapshot(50) is None
+        ledger.put_snapshot(10, b"s10")
+        ledger.put_snapshot(30, b"s30\x00")
+        ledger.put_snapshot(20, b"s20")
+        assert ledger.latest_snapshot(9) is None
+        assert ledger.latest_snapshot(10) == (10, b"s10")
+        assert ledger.latest_snapshot(29) == (20, b"s20")
+        assert ledger.latest_snapshot(30) == (30, b"s30\x00")
+        assert ledger.latest_snapshot(10**9) == (30, b"s30\x00")
+        ledger.put_snapshot(20, b"s20-rebuilt")
+        assert ledger.latest_snapshot(25) == (20, b"s20-rebuilt")
+
+    def test_data_survives_reopen(self, ledger):
+        batch = recs(1, 20)
+        ledger.append(batch)
+        ledger.put_snapshot(20, b"snap")
+        ledger.close()
+        again = open_store(ledger.url)
+        try:
+            assert again.head() == (20, batch[-1].ts_us)
+            assert all_records(again) == batch
+            assert again.latest_snapshot(20) == (20, b"snap")
+            again.append(recs(21, 1))
+            assert again.head()[0] == 21
+        finally:
+            again.close()
+
+    # ------------------------------------------------------------ processes
+
+    def test_writer_lock_excludes_a_second_process(self, ledger):
+        child = spawn_child(
+            """
+            import sys
+            from events.store import open_store
+            s = open_store(sys.argv[1])
+            with s.writer_lock(timeout=5):
+                print("locked", flush=True)
+                sys.stdin.readline()          # hold until told to go
+            print("released", flush=True)
+            """,
+            ledger.url,
+        )
+        try:
+            assert child.stdout.readline().strip() == "locked"
+            t = time.monotonic()
+            with pytest.raises(StoreError) as ei:
+                with ledger.writer_lock(timeout=0.3):
+                    pytest.fail("acquired a lock held by another process")
+            assert ei.value.code == "store_locked"
+            assert 0.25 <= time.monotonic() - t < 5
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "released"
+            with ledger.writer_lock(timeout=5):
+                ledger.append(recs(1, 1))
+            assert ledger.head()[0] == 1
+        finally:
+            child.kill()
+            child.wait()
+
+    def test_writer_lock_released_when_holder_dies(self, ledger):
+        child = spawn_child(
+            """
+            import sys, time
+            from events.store import open_store
+            s = open_store(sys.argv[1])
+            with s.writer_lock(timeout=5):
+                print("locked", flush=True)
+                time.sleep(60)
+            """,
+            ledger.url,
+        )
+        try:
+            assert child.stdout.readline().strip() == "locked"
+            with pytest.raises(StoreError):
+                with ledger.writer_lock(timeout=0.1):
+                    pass
+        finally:
+            child.kill()
+            child.wait()
+        with ledger.writer_lock(timeout=5):
+            pass  # the OS released the dead holder's lock
+
+    def test_writer_lock_is_exclusive_within_a_process_too(self, ledger):
+        other = open_store(ledger.url)
+        try:
+            with ledger.writer_lock(timeout=1):
+                with pytest.raises(StoreError) as ei:
+                    with other.writer_lock(timeout=0.1):
+                        pass
+                assert ei.value.code == "store_locked"
+            with other.writer_lock(timeout=1):
+                pass
+        finally:
+            other.close()
+
+    def test_concurrent_reader_process_sees_whole_batches_only(self, ledger):
+        batch, batches = 1000, 30
+        total = batch * batches
+        reader = spawn_child(
+            """
+            import json, sys, time
+            from events.store import open_store
+            s = open_store(sys.argv[1]); total = int(sys.argv[2])
+            print("ready", flush=True)
+            heads, reads = [], []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                h = s.head()[0]
+                seqs = [r.seq for page in s.read(batch=700) for r in page]
+                heads.append(h)
+                reads.append([len(seqs), seqs[-1] if seqs else 0,
+                              seqs == list(range(1, len(seqs) + 1))])
+                if h >= total and len(seqs) >= total:
+                    break
+            print(json.dumps({"heads": heads, "reads": reads}), flush=True)
+            """,
+            ledger.url, str(total),
+        )
+        try:
+            assert reader.stdout.readline().strip() == "ready"
+            for b in range(batches):
+                ledger.append(recs(b * batch + 1, batch))
+            out, err = reader.communicate(timeout=90)
+        finally:
+            reader.kill()
+            reader.wait()
+        assert reader.returncode == 0, err
+        obs = json.loads(out.strip().splitlines()[-1])
+        assert obs["heads"][-1] == total
+        assert all(h % batch == 0 for h in obs["heads"]), "saw a partial batch"
+        for n, last, contiguous in obs["reads"]:
+            assert contiguous and n == last and n % batch == 0
+        assert len(set(obs["heads"])) > 1 or obs["heads"] == [total]
+
+
+class TestSQLiteStore(StoreContract):
+    @pytest.fixture(autouse=True)
+    def _tmp(self, tmp_path):
+        self.tmp_path = tmp_path
+
+    def make_store(self) -> LogStore:
+        return open_store(str(self.tmp_path / "ledger.db"))
+
+    def test_open_does_not_create_the_file(self, store):
+        path = self.tmp_path / "ledger.db"
+        assert not path.exists()
+        for call in (store.head, store.meta, lambda: store.get(1)):
+            with pytest.raises(StoreError):
+                call()
+        assert store.exists() is False
+        assert not path.exists()
+        store.create({})
+        assert path.exists()
+
+    def test_create_on_foreign_file_is_refused(self, tmp_path):
+        junk = tmp_path / "junk.db"
+        junk.write_bytes(b"this is not a database" * 100)
+        s = open_store(str(junk))
+        assert s.exists() is False
+        with pytest.raises(StoreError) as ei:
+            s.head()
+        assert ei.value.code == "store_invalid"
+        with pytest.raises(StoreError) as ei:
+            s.create({})
+        assert ei.value.code == "store_invalid"
+        assert junk.read_bytes().startswith(b"this is not a database")
+
+    def test_postgres_url_not_implemented_yet(self):
+        with pytest.raises(NotImplementedError):
+            open_store("postgresql://localhost/ledger")
+
+    def test_uses_library_table_wal_and_full_sync(self, ledger):
+        import sqlite3
+
+        batch = recs(1, 5) + [rec(6, decision=True, ref="in-5")]
+        ledger.append(batch)
+        # The library's own API reads our events: notification id == seq.
+        notes = ledger.recorder.select_notifications(start=1, limit=100)
+        assert [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in notes] == \
+               [(r.seq, LOG_ID, r.seq, r.type, r.payload) for r in batch]
+        events = ledger.recorder.select_events(LOG_ID, gt=2, lte=4)
+        assert [e.originator_version for e in events] == [3, 4]
+        path = self.tmp_path / "ledger.db"
+        con = sqlite3.connect(str(path))
+        try:
+            assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            rows = con.execute("SELECT originator_id, originator_version, topic, state "
+                               "FROM stored_events ORDER BY rowid").fetchall()
+            assert rows == [(LOG_ID.hex, r.seq, r.type, r.payload) for r in batch]
+        finally:
+            con.close()
+        with ledger._tx() as cur:  # a library transaction on the pool's connection
+            assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+    def test_recorder_accepts_plain_stored_events_and_lazy_batch(self, ledger):
+        from eventsourcing.persistence import StoredEvent
+
+        from events.sqlite_store import LogEventBatch
+
+        r1 = rec(1)
+        # Generic path: a list of the library's StoredEvent objects + side rows.
+        ledger.recorder.insert_events(
+            [StoredEvent(LOG_ID, 1, r1.type, r1.payload)],
+            index_rows=[(1, r1.ts_us, r1.type, r1.ref, r1.leaf)],
+            input_rows=[(r1.ref, 1, r1.input_digest)],
+            expect_head=(0, r1.ts_us),
+        )
+        assert ledger.get(1) == r1
+        # The batch append() uses is a real Sequence[StoredEvent].
+        batch = LogEventBatch(recs(2, 3))
+        assert len(batch) == 3
+        assert list(batch) == [StoredEvent(LOG_ID, s, "deposit", rec(s).payload) for s in (2, 3, 4)]
+        assert batch[-1].originator_version == 4 and len(batch[1:]) == 2
+
+    def test_forced_failure_after_events_inserted_rolls_back(self, ledger, monkeypatch):
+        from events.sqlite_store import LedgerRecorder
+
+        base = recs(1, 2)
+        ledger.append(base)
+        seen = {}
+        orig = LedgerRecorder._insert_side_rows
+
+        def boom(self, c, index_rows, input_rows):
+            orig(self, c, index_rows, input_rows)
+            c.execute("SELECT count(*) FROM stored_events")
+            seen["inside"] = c.fetchone()[0]
+            raise RuntimeError("crash inside the transaction")
+
+        monkeypatch.setattr(LedgerRecorder, "_insert_side_rows", boom)
+        with pytest.raises(RuntimeError):
+            ledger.append(recs(3, 500))
+        assert seen["inside"] == 502  # the rows were in the transaction ...
+        monkeypatch.undo()
+        self._assert_unchanged(ledger, base)  # ... and are gone after rollback
+        assert ledger.find_inputs(["in-3"]) == {}
+        ledger.append(recs(3, 1))
+        assert ledger.head()[0] == 3
+
+    def test_concurrent_creates_one_wins(self, tmp_path):
+        url = str(tmp_path / "race.db")
+        code = """
+            import sys, time
+            from events.store import open_store, StoreError
+            s = open_store(sys.argv[1]); t = float(sys.argv[2])
+            while time.time() < t: pass
+            try:
+                s.create({"who": sys.argv[3]}); print("created")
+            except StoreError as e:
+                print(e.code)
+            """
+        start = str(time.time() + 1.0)
+        procs = [spawn_child(code, url, start, str(i)) for i in range(4)]
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+            outs.append(out.strip())
+        assert sorted(outs) == ["created"] + ["store_exists"] * 3
+        s = open_store(url)
+        try:
+            assert s.meta()["who"] in {"0", "1", "2", "3"}
+        finally:
+            s.close()
