@@ -18,7 +18,7 @@ from projections import history, snapshot
 from projections.state import LedgerState
 
 from clearing import keys
-from clearing.engine import process
+from clearing.engine import Engine
 from clearing.validate import FileChecker, Listings, split_file
 
 RULES = "clearing-rulebook/1"
@@ -106,6 +106,7 @@ class Ingestor:
     def __init__(self, store: LogStore) -> None:
         self.store = store
         self.state: LedgerState = history.state_at_seq(store, store.head()[0])
+        self.engine = Engine(self.state)
         snap = store.latest_snapshot(self.state.seq)
         self.last_snapshot = snap[0] if snap else 0
         self.pending: list[LogRecord] = []
@@ -144,9 +145,10 @@ class Ingestor:
         self, inputs: list[s.Input], summary: IngestSummary, progress: Callable[[int], None] | None = None
     ) -> None:
         state = self.state
+        process = self.engine.process
         for inp in inputs:
             inp = _with_seq(inp, state.seq + 1)
-            decisions = process(state, inp)
+            decisions = process(inp)
             payload = canonical(inp)
             records = self.pending
             records.append(

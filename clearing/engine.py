@@ -13,6 +13,7 @@ from projections.state import FEES, INSURANCE, LedgerState, is_system
 from projections.valuation import collateral_value, margin_term, notional, value
 
 from clearing.liquidation import Pass
+from clearing.screen import Screen
 
 
 class Decider:
@@ -33,7 +34,21 @@ class Decider:
         return fmt_units(minor, self.state.scale)
 
 
-def process(state: LedgerState, inp: s.Input) -> list[s.Decision]:
+class Engine:
+    """The engine with its liquidation screen (clearing/screen.py), for long runs of inputs.
+
+    ``process`` alone gives the same decisions; the screen only spares it valuing every holder
+    of an asset on each price event."""
+
+    def __init__(self, state: LedgerState, screen: bool = True) -> None:
+        self.state = state
+        self.screen = Screen(state) if screen else None
+
+    def process(self, inp: s.Input) -> list[s.Decision]:
+        return process(self.state, inp, self.screen)
+
+
+def process(state: LedgerState, inp: s.Input, screen: Screen | None = None) -> list[s.Decision]:
     """Apply a validated input (its ``seq`` = state.seq + 1) and return its decisions (R3.6)."""
     assert inp.seq == state.seq + 1, f"input seq {inp.seq} after state seq {state.seq}"
     decider = Decider(state, inp)
@@ -45,9 +60,15 @@ def process(state: LedgerState, inp: s.Input) -> list[s.Decision]:
         decider.record(s.Rejected, reason=reason, account=account, rule=rule, figures=figures)
         return decider.decisions
     state.apply_input(inp)
-    candidates = _AFTER[type(inp)](decider, inp)
+    if screen is not None and type(inp) is s.Price:
+        candidates = screen.crossed(inp.asset, state.marks[inp.asset])
+    else:
+        candidates = _AFTER[type(inp)](decider, inp)
     if candidates:
         Pass(decider).run(candidates)
+    if screen is not None:
+        # Listings change requirements without moving anything: re-bound their holders too.
+        screen.refresh(candidates if type(inp) in (s.Asset, s.Instrument, s.Price) else set())
     return decider.decisions
 
 

@@ -94,6 +94,9 @@ class LedgerState:
         self.holders: dict[str, set[str]] = {}  # instrument -> accounts with a position
         self.collateral_holders: dict[str, set[str]] = {}  # asset -> accounts with balance > 0
         self.by_underlying: dict[str, list[str]] = {}  # asset -> instruments on it, sorted
+        # Accounts whose cash, balances or positions changed since a reader last cleared it
+        # (the engine's liquidation screen re-bounds exactly these).
+        self.touched: set[str] = set()
 
     # --- moves (the only mutators of balances and positions) --------------------------------
     def account(self, account_id: str) -> Account:
@@ -104,9 +107,11 @@ class LedgerState:
 
     def move_cash(self, account_id: str, amount: int) -> None:
         self.accounts[account_id].cash += amount
+        self.touched.add(account_id)
 
     def move_asset(self, account_id: str, asset: str, units: int) -> None:
         """Add ``units`` (signed) of ``asset`` to an account's balance."""
+        self.touched.add(account_id)
         if asset == self.settlement:
             self.accounts[account_id].cash += units
             return
@@ -125,6 +130,7 @@ class LedgerState:
                 owners.discard(account_id)
 
     def move_position(self, account_id: str, instrument: str, units: int) -> None:
+        self.touched.add(account_id)
         positions = self.accounts[account_id].positions
         after = positions.get(instrument, 0) + units
         if after:
