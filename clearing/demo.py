@@ -21,13 +21,15 @@ import click
 
 from events.numbers import fmt_units
 from events.timestamps import format_ts, parse_ts
-from projections.report import state_document
+from projections.valuation import value
 
 from clearing import app
 
 SEED = 20260302
 DAY = "2026-03-02"
 ORIGIN = "demo.clearing.example/ledger"
+UNWIND_AT = "14:10:00"
+EXPECTED_INPUTS = 58_500  # for the progress bar only
 
 
 @dataclass
@@ -85,7 +87,31 @@ class Generator:
         return fmt_units(m.price if units is None else units, m.price_decimals)
 
     # --- the day ---------------------------------------------------------------------------
-    def build(self) -> list[str]:
+    def day(self):
+        """The day in parts. After each part the caller ingests it and sends back what
+        @insurance holds, so that the exchange can unwind it before the next tick (R8.1)."""
+        self.opening()
+        self.run_until(self.crash_at)
+        self.ts_us = max(self.ts_us, self.crash_at)
+        eth = self.markets[1]
+        # 14:02–14:06: ETH −14% in one gap, then four more falls: −35% in all.
+        for step_pct, pause_s in ((14, 30), (7, 40), (6, 50), (8, 60), (5, 30)):
+            eth.price = eth.price * (100 - step_pct) // 100
+            self.emit("price", asset="ETH", price=self.price_text(eth))
+            self.steth_price = self.steth_price * (100 - step_pct) // 100
+            self.emit("price", asset="STETH", price=fmt_units(self.steth_price, 2))
+            held = yield self.take()
+            self.unwind(held or {}, spacing_us=1_500_000)
+            for _ in range(6):  # panic trading between the ticks
+                self.tick(pause_s * 1_000_000 // 8)
+                self.trade(market=eth)
+        self.run_until(self.end)
+        for funding_at in self.funding_times:  # the last funding of the day
+            self.ts_us = max(self.ts_us, funding_at)
+            self.funding()
+        yield self.take()
+
+    def opening(self) -> None:
         rng = self.rng
         self.at("00:00:00")
         self.emit("asset", asset="USD", decimals=6, price_decimals=0, haircut="0", settlement=True)
@@ -100,7 +126,7 @@ class Generator:
         for m in self.markets:
             self.emit("price", asset=m.asset, price=self.price_text(m))
         self.emit("price", asset="STETH", price=fmt_units(self.steth_price, 2))
-        self.emit("deposit", account="@insurance", asset="USD", amount="150000")
+        self.emit("deposit", account="@insurance", asset="USD", amount="1000000")
         for maker in self.makers:
             self.capital[maker] = 40_000_000
             self.emit("deposit", account=maker, asset="USD", amount=self.usd(self.capital[maker]))
@@ -125,26 +151,55 @@ class Generator:
         self.emit("deposit", account="zeta-capital", asset="USD", amount="2000000")
         self.emit("deposit", account="zeta-capital", asset="STETH", amount="50")
 
-        crash_at = parse_ts(f"{DAY}T14:02:00Z") or 0
-        setup_at = parse_ts(f"{DAY}T13:50:00Z") or 0
-        end = parse_ts(f"{DAY}T23:59:59Z") or 0
-        funding_times = [parse_ts(f"{DAY}T{h}:00:00Z") or 0 for h in ("08", "16")] + [end]
-        setup_done = crash_done = False
-        while self.ts_us < end:
-            self.tick(rng.randint(400_000, 2_600_000))
-            if funding_times and self.ts_us >= funding_times[0]:
-                self.ts_us = max(self.ts_us, funding_times.pop(0))
-                for m in self.markets:
-                    rate = rng.choice(["0.0001", "0.00005", "0", "-0.00005", "0.00012", "-0.0001"])
-                    self.emit("funding", instrument=m.instrument, rate=rate)
+        self.crash_at = parse_ts(f"{DAY}T14:02:00Z") or 0
+        self.setup_at = parse_ts(f"{DAY}T13:50:00Z") or 0
+        self.end = parse_ts(f"{DAY}T23:59:59Z") or 0
+        self.funding_times = [parse_ts(f"{DAY}T{h}:00:00Z") or 0 for h in ("08", "16")] + [self.end]
+        self.setup_done = False
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+    def unwind(self, insurance_positions: dict[str, int], spacing_us: int) -> None:
+        """The exchange sells what the backstop took over to the market makers at the mark,
+        in a few clips (R8.1: @insurance trades; no fees)."""
+        for instrument, qty in sorted(insurance_positions.items()):
+            market = next(m for m in self.markets if m.instrument == instrument)
+            clips = 3
+            for i in range(clips):
+                part = abs(qty) // clips + (1 if i < abs(qty) % clips else 0)
+                if part == 0:
+                    continue
+                self.tick(spacing_us)
+                maker = self.makers[(i * 5 + 3) % len(self.makers)]
+                buyer, seller = (maker, "@insurance") if qty > 0 else ("@insurance", maker)
+                self.emit(
+                    "trade", instrument=instrument, buyer=buyer, seller=seller,
+                    qty=fmt_units(part, market.qty_decimals), price=self.price_text(market),
+                    buyer_fee="0", seller_fee="0",
+                )
+
+    def funding(self) -> None:
+        self.funding_times.pop(0)
+        for m in self.markets:
+            rate = self.rng.choice(["0.0001", "0.00005", "0", "-0.00005", "0.00012", "-0.0001"])
+            self.emit("funding", instrument=m.instrument, rate=rate)
+
+    def run_until(self, stop: int) -> None:
+        rng = self.rng
+        while True:
+            step = rng.randint(400_000, 2_600_000)
+            if self.ts_us + step >= stop:
+                return
+            self.tick(step)
+            if self.funding_times and self.ts_us >= self.funding_times[0]:
+                self.ts_us = max(self.ts_us, self.funding_times[0])
+                self.funding()
                 continue
-            if not setup_done and self.ts_us >= setup_at:
+            if not self.setup_done and self.ts_us >= self.setup_at:
                 self.setup_before_crash()
-                setup_done = True
-                continue
-            if not crash_done and self.ts_us >= crash_at:
-                self.crash()
-                crash_done = True
+                self.setup_done = True
                 continue
             roll = rng.random()
             if roll < 0.155:
@@ -153,7 +208,6 @@ class Generator:
                 self.cash_flow()
             else:
                 self.trade()
-        return self.lines
 
     def move_price(self, market: Market | None = None) -> None:
         rng = self.rng
@@ -215,19 +269,6 @@ class Generator:
             self.tick(150_000)
             self.trade(trader, eth, +1, notional_usd=self.capital[trader] * 5)
 
-    def crash(self) -> None:
-        """14:02–14:06: ETH −14% in one gap, then four more falls: −35% in all."""
-        eth = self.markets[1]
-        for step_pct, pause_s in ((14, 30), (7, 40), (6, 50), (8, 60), (5, 30)):
-            eth.price = eth.price * (100 - step_pct) // 100
-            self.emit("price", asset="ETH", price=self.price_text(eth))
-            self.steth_price = self.steth_price * (100 - step_pct) // 100
-            self.emit("price", asset="STETH", price=fmt_units(self.steth_price, 2))
-            for _ in range(6):  # panic trading between the ticks
-                self.tick(pause_s * 1_000_000 // 8)
-                self.trade(market=eth)
-            self.tick(pause_s * 1_000_000 // 4)
-
 
 def fresh_dir(base: str = "clearing-demo") -> str:
     path, n = base, 1
@@ -237,33 +278,45 @@ def fresh_dir(base: str = "clearing-demo") -> str:
     return path
 
 
-def run_demo(directory: str | None = None, seed: int = SEED, out=sys.stderr) -> dict:
+def run_demo(directory: str | None = None, seed: int = SEED) -> dict:
+    """Build the demo ledger in ``directory`` (default: a fresh folder here) and summarise it."""
     started = time.monotonic()
     directory = directory or fresh_dir()
     os.makedirs(directory, exist_ok=True)
     store_path = os.path.join(directory, "clearing.db")
     inputs_path = os.path.join(directory, "inputs.jsonl")
     say = lambda text="": click.echo(text, err=True)  # noqa: E731
-    say(f"clearing demo: building a seeded ledger in {directory}/")
-    lines = Generator(seed).build()
-    with open(inputs_path, "w", newline="\n") as f:
-        f.write("\n".join(lines) + "\n")
-    say(f"  wrote {len(lines):,} input events to {inputs_path}")
     if os.path.exists(store_path):
         raise app.StoreError("store_exists", f"{store_path} exists; choose a fresh --dir")
+    say(f"clearing demo: building a seeded ledger in {directory}/")
     verifier = app.init_ledger(store_path, ORIGIN, None)
-    say(f"  created the ledger {store_path} (verifier key {verifier})")
-    store = app.open_ledger(store_path)
+    say(f"  created the ledger {store_path}; verifier key {verifier}")
+    generator = Generator(seed)
     summary = app.IngestSummary()
+    store = app.open_ledger(store_path)
     try:
         with store.writer_lock():
             ingestor = app.Ingestor(store)
-            with open(inputs_path, "rb") as f:
-                data = f.read()
-            inputs, duplicates, errors = ingestor.check_file(inputs_path, data)
-            assert errors is None, list(errors.lines())[:5]
-            with click.progressbar(length=len(inputs), label="  ingesting", file=sys.stderr) as bar:
-                ingestor.append_inputs(inputs, summary, bar.update)
+            # The day comes in parts: after each crash tick the exchange unwinds what @insurance
+            # took over, sized from the ledger itself. All parts go to one input file, which
+            # ingested into a fresh ledger gives the same ledger.
+            parts = generator.day()
+            lines = next(parts)
+            with open(inputs_path, "wb") as f, click.progressbar(
+                length=EXPECTED_INPUTS, label="  ingesting", file=sys.stderr
+            ) as bar:
+                while True:
+                    data = ("\n".join(lines) + "\n").encode()
+                    f.write(data)
+                    inputs, _duplicates, errors = ingestor.check_file(inputs_path, data)
+                    assert errors is None, list(errors.lines())[:5]  # the generator writes well-formed lines
+                    ingestor.append_inputs(inputs, summary, bar.update)
+                    try:
+                        lines = parts.send(dict(ingestor.state.accounts["@insurance"].positions))
+                    except StopIteration:
+                        break
+                bar.update(EXPECTED_INPUTS)
+            say(f"  wrote {summary.appended + summary.duplicates:,} input events to {inputs_path}")
         report = _summarise(store, summary, directory)
     finally:
         store.close()
@@ -272,30 +325,39 @@ def run_demo(directory: str | None = None, seed: int = SEED, out=sys.stderr) -> 
     return report
 
 
-def _summarise(store, summary: app.IngestSummary, directory: str) -> dict:
-    before_ts, after_ts = f"{DAY}T14:01:59Z", f"{DAY}T14:10:00Z"
-    before = app.state_at(store, ts=before_ts)
-    after = app.state_at(store, ts=after_ts)
-    final = app.state_at(store)
-    doc_before, doc_after = state_document(before), state_document(after)
-    losses = []
-    for account, entry in doc_before["accounts"].items():
-        if account.startswith("@") or account not in doc_after["accounts"]:
-            continue
-        eq0 = before.accounts[account]
-        from projections.valuation import value
+MOMENTS = {
+    "before the crash": f"{DAY}T14:01:59Z",
+    "after the crash": f"{DAY}T{UNWIND_AT}Z",
+    "after unwinding": f"{DAY}T15:00:00Z",
+}
 
-        loss = value(before, eq0).equity - value(after, after.accounts[account]).equity
-        losses.append((loss, account))
-    losses.sort(reverse=True)
+
+def _summarise(store, summary: app.IngestSummary, directory: str) -> dict:
+    states = {name: app.state_at(store, ts=ts) for name, ts in MOMENTS.items()}
+    final = app.state_at(store)
+    before, after = states["before the crash"], states["after the crash"]
+    fund = {}
+    for name, st in [*states.items(), ("at the end", final)]:
+        insurance = st.accounts["@insurance"]
+        fund[name] = {
+            "cash": fmt_units(insurance.cash, st.scale),
+            "equity": fmt_units(value(st, insurance).equity, st.scale),
+        }
+    losses = []
+    for account, acct in before.accounts.items():
+        if account.startswith("@") or account not in after.accounts:
+            continue
+        loss = value(before, acct).equity - value(after, after.accounts[account]).equity
+        losses.append((-loss, account))
+    losses.sort()
     affected = [
         {
             "account": account,
-            "equity_before": doc_before["accounts"][account]["equity"],
-            "equity_after": doc_after["accounts"][account]["equity"],
-            "loss": fmt_units(loss, before.scale),
+            "equity_before": fmt_units(value(before, before.accounts[account]).equity, before.scale),
+            "equity_after": fmt_units(value(after, after.accounts[account]).equity, after.scale),
+            "loss": fmt_units(-neg_loss, before.scale),
         }
-        for loss, account in losses[:5]
+        for neg_loss, account in losses[:6]
     ]
     return {
         "directory": directory,
@@ -306,32 +368,32 @@ def _summarise(store, summary: app.IngestSummary, directory: str) -> dict:
         "liquidations": summary.liquidations,
         "bankruptcies": summary.bankruptcies,
         "deleverages": summary.deleverages,
-        "insurance_fund_before_crash": doc_before["insurance_fund"],
-        "insurance_fund_after_crash": doc_after["insurance_fund"],
-        "insurance_fund_end": state_document(final)["insurance_fund"],
+        "insurance_fund": fund,
         "most_affected": affected,
-        "before_ts": before_ts,
-        "after_ts": after_ts,
+        "end_ts": final.ts,
     }
 
 
 def _print_summary(r: dict, store_path: str, say) -> None:
     say()
     say(f"Demo ledger ready in {r['seconds']} s: {r['events']:,} events ({r['inputs']:,} inputs) "
-        f"over {r['accounts']} accounts")
-    say(f"  rejections        {r['rejections']:>8,}")
-    say(f"  liquidations      {r['liquidations']:>8,}   (R10.3 partial closes and R10.5 take-overs)")
-    say(f"  bankruptcies      {r['bankruptcies']:>8,}   (R10.4)")
-    say(f"  deleveragings     {r['deleverages']:>8,}   (R10.6 steps)")
-    say(f"  insurance fund    {r['insurance_fund_before_crash']} before the crash ({r['before_ts']}), "
-        f"{r['insurance_fund_after_crash']} after ({r['after_ts']}), {r['insurance_fund_end']} at the end")
-    say("  most affected accounts (equity lost in the crash):")
+        f"over {r['accounts']} accounts, until {r['end_ts']}")
+    say(f"  rejections     {r['rejections']:>7,}   (R3.5: refused by the rules, recorded)")
+    say(f"  liquidations   {r['liquidations']:>7,}   (R10.3 partial closes, R10.5 take-overs)")
+    say(f"  bankruptcies   {r['bankruptcies']:>7,}   (R10.4)")
+    say(f"  deleveragings  {r['deleverages']:>7,}   (R10.6 steps)")
+    say("  insurance fund (cash of @insurance; equity counts what it took over, R11.1):")
+    times = {**MOMENTS, "at the end": r["end_ts"]}
+    for name, figures in r["insurance_fund"].items():
+        say(f"    {name:<17} {times[name]:<22} cash {figures['cash']:>18}   equity {figures['equity']:>18}")
+    say("  most affected accounts (equity lost in the crash, 14:01:59 to 14:10:00):")
     for a in r["most_affected"]:
-        say(f"    {a['account']:<24} {a['equity_before']:>16} -> {a['equity_after']:>16}  (lost {a['loss']})")
+        say(f"    {a['account']:<22} {a['equity_before']:>18} -> {a['equity_after']:>18}   lost {a['loss']}")
     worst = r["most_affected"][0]["account"] if r["most_affected"] else "zeta-capital"
+    before, after = MOMENTS["before the crash"], MOMENTS["after the crash"]
     say()
     say("Look further:")
-    say(f"  clearing state --store {store_path} --at {r['before_ts']} --account {worst}")
-    say(f"  clearing state --store {store_path} --at {r['after_ts']} --account {worst}")
-    say(f"  clearing state --store {store_path} --at {r['after_ts']} --json")
-    say(f"  sqlite3 {store_path}.read.db 'select * from events where type in (\"bankruptcy\",\"deleverage\") limit 10'")
+    say(f"  clearing state --store {store_path} --at {before} --account {worst}")
+    say(f"  clearing state --store {store_path} --at {after} --account {worst}")
+    say(f"  clearing state --store {store_path} --at {after} --json")
+    say(f"  clearing state --store {store_path} --seq 1000")
