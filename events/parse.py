@@ -85,6 +85,7 @@ _DECIMAL_FIELDS = frozenset(
 )
 _ACCOUNT_FIELDS = frozenset({"account", "from", "to", "buyer", "seller"})
 _SYMBOL_FIELDS = frozenset({"asset", "instrument", "underlying"})
+_PLACES_FIELDS = frozenset({"decimals", "price_decimals", "qty_decimals"})
 _PATTERN_CODES = (
     {name: "bad_decimal" for name in _DECIMAL_FIELDS}
     | {name: "bad_account" for name in _ACCOUNT_FIELDS}
@@ -230,6 +231,8 @@ def _json_kind(value: object) -> str:
         return "a boolean"
     if isinstance(value, (int, float)):
         return "a number"
+    if isinstance(value, dict):
+        return "an object"
     if isinstance(value, str):
         return "a string"
     return "an array"
@@ -267,10 +270,15 @@ def _from_validation_error(message: str, obj: dict[str, object]) -> Malformed:
                 "unknown_type", f"`type`: unknown input type {show_value(value)}; one of {known} (R3.3)"
             )
         return Malformed("wrong_type", f"`type`: expected a string, got {_json_kind(value)} (R3.3)")
+    if name in _PLACES_FIELDS and type(value) is int:
+        # Expected `int` <= 18; the JSON decoder reads an integer beyond 64 bits as a float,
+        # so the value itself decides, and both paths of parse_line agree.
+        return Malformed(
+            "out_of_range", f"`{name}`: {show_value(value)} is not in 0 to 18 (R4.2, R4.3)"
+        )
     if ", got `" in detail:  # Expected `str`, got `int`
-        return Malformed("wrong_type", f"`{name}`: {detail} (R3.3)")
-    if detail.startswith("Expected `int`"):  # Expected `int` <= 18: decimals, R4.2, R4.3
-        return Malformed("out_of_range", f"`{name}`: {detail}, got {show_value(value)} (R4.2, R4.3)")
+        expected = detail[: detail.index(", got `")]
+        return Malformed("wrong_type", f"`{name}`: {expected}, got {_json_kind(value)} (R3.3)")
     code = _PATTERN_CODES.get(name, "wrong_type")
     if code == "bad_account" and isinstance(value, str) and value.startswith("@"):
         return Malformed(

@@ -371,3 +371,18 @@ def test_changed_fields_give_an_input_or_a_known_code(kind, changes):
 def test_any_text_gives_an_input_or_a_known_code(text):
     result = parse_line(text)
     assert isinstance(result, s.INPUT_TYPES) or result.code in CODES
+
+
+@pytest.mark.parametrize("value", [10**20, -(10**20), 2**64])
+def test_decimals_beyond_64_bits_is_out_of_range_on_both_paths(value):
+    """R4.2: decimals 0 to 18; an integer too large for the fast decoder gives the same code."""
+    text = line("asset", decimals=value)
+    result = parse_line(text)
+    assert isinstance(result, Malformed) and result.code == "out_of_range"
+    assert parse_line(slow(text)) == result
+
+
+def test_number_too_large_for_json_is_refused():
+    result = parse_line(line("asset")[:-1] + ',"z":' + "1" * 5000 + "}")
+    assert isinstance(result, Malformed) and result.code == "invalid_json"
+    assert parse_line(line("deposit", amount=0)[:-2] + "1e400}").code == "wrong_type"
