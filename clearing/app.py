@@ -4,6 +4,7 @@ queries. The only place (with the CLI) that touches files, the store and keys.""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -19,9 +20,10 @@ from projections.state import LedgerState
 
 from clearing import keys
 from clearing.engine import Engine
-from clearing.validate import FileChecker, Listings, split_file
+from clearing.validate import FileChecker, content_lines, split_file
 
 RULES = "clearing-rulebook/1"
+_ORIGIN_RE = re.compile(r"^[\x21-\x2a\x2c-\x7e]+\Z")  # C2SP signed-note key name: no space, no "+"
 DEFAULT_STORE = "clearing.db"
 BATCH_EVENTS = 4096  # events per commit (group commit; one commit per input is far too slow)
 SNAPSHOT_EVERY = 25_000  # events between snapshots: bounds the fold behind any state query
@@ -43,6 +45,11 @@ def key_file_for(url: str, key_file: str | None) -> str:
 
 def init_ledger(url: str, origin: str, key_file: str | None) -> str:
     """Create an empty ledger and its signing key; return the verifier key."""
+    if not _ORIGIN_RE.match(origin):
+        raise StoreError(
+            "bad_origin",
+            f"origin {origin!r} is not a C2SP key name (non-empty, printable, no spaces or '+')",
+        )
     path = key_file_for(url, key_file)
     store = open_store(url)
     try:
@@ -50,7 +57,10 @@ def init_ledger(url: str, origin: str, key_file: str | None) -> str:
             raise StoreError("store_exists", f"a ledger already exists at {url}")
         if os.path.exists(path):
             raise StoreError("key_exists", f"key file {path} already exists")
-        verifier = keys.write_new_key(path, origin)
+        try:
+            verifier = keys.write_new_key(path, origin)
+        except OSError as exc:
+            raise StoreError("key_file", f"cannot write key file {path}: {exc.strerror}") from exc
         store.create({"origin": origin, "rules": RULES, "verifier_key": verifier})
         return verifier
     finally:
@@ -116,15 +126,13 @@ class Ingestor:
         lines = split_file(data)
         if isinstance(lines, Malformed):
             return [], 0, FileError(name, [(1, lines)])
-        parsed: list[tuple[int, s.Input | Malformed]] = []
-        for number, text in enumerate(lines, start=1):
-            stripped = text.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            parsed.append((number, parse_line(text)))
+        parsed = [
+            (number, text if isinstance(text, Malformed) else parse_line(text))
+            for number, text in content_lines(lines)
+        ]
         ids = [p.id for _, p in parsed if not isinstance(p, Malformed)]
         recorded = {i: digest for i, (_seq, digest) in self.store.find_inputs(ids).items()}
-        checker = FileChecker(Listings.from_state(self.state), self.state.ts_us, recorded)
+        checker = FileChecker.for_state(self.state, recorded)
         errors = FileError(name)
         accepted: list[s.Input] = []
         duplicates = 0
@@ -197,6 +205,9 @@ def state_at(store: LogStore, seq: int | None = None, ts: str | None = None) -> 
         if ts_us is None:
             raise StoreError("bad_ts", f"not an RFC 3339 UTC timestamp: {ts!r}")
         return history.state_at_time(store, ts_us)
+    head = store.head()[0]
     if seq is None:
-        seq = store.head()[0]
+        seq = head
+    if not 0 <= seq <= head:
+        raise StoreError("seq_out_of_range", f"--seq {seq} is not between 0 and the head seq {head}")
     return history.state_at_seq(store, seq)

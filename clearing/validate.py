@@ -290,6 +290,23 @@ class FileChecker:
         return None
 
 
+def content_lines(lines: Iterable[str | Malformed]) -> Iterable[tuple[int, str | Malformed]]:
+    """The lines that hold an input, with their 1-based physical line numbers (interfaces §1):
+    a line may end in ``\n`` or ``\r\n``; empty and whitespace-only lines (JSON whitespace)
+    and lines whose first character is ``#`` are skipped."""
+    for number, line in enumerate(lines, start=1):
+        if isinstance(line, Malformed):  # not UTF-8 (split_file)
+            yield number, line
+            continue
+        if line.endswith("\n"):
+            line = line[:-1]
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line.strip(_JSON_WHITESPACE) or line[0] == "#":
+            continue
+        yield number, line
+
+
 def check_lines(
     lines: Iterable[str],
     listings: Listings,
@@ -307,14 +324,8 @@ def check_lines(
     checker = FileChecker(listings, last_ts_us, recorded)
     accepted: list[tuple[int, Checked]] = []
     malformed: list[tuple[int, Malformed]] = []
-    for number, line in enumerate(lines, start=1):
-        if line.endswith("\n"):
-            line = line[:-1]
-        if line.endswith("\r"):
-            line = line[:-1]
-        if not line.strip(_JSON_WHITESPACE) or line[0] == "#":
-            continue
-        parsed = parse_line(line)
+    for number, line in content_lines(lines):
+        parsed = line if isinstance(line, Malformed) else parse_line(line)
         if isinstance(parsed, Malformed):
             malformed.append((number, parsed))
             continue
@@ -326,15 +337,16 @@ def check_lines(
     return accepted, malformed
 
 
-def split_file(data: bytes) -> list[str] | Malformed:
-    """A file's physical lines, split on ``\\n`` only (a ``\\r`` before it is left for
-    ``check_lines``). A byte-order mark at the start (interfaces §1) or invalid UTF-8 refuses
-    the whole file; the message gives the line."""
+def split_file(data: bytes) -> list[str | Malformed] | Malformed:
+    """A file's physical lines, split on ``\n`` only (a ``\r`` before it is left for
+    ``content_lines``). A byte-order mark at the start (interfaces §1) refuses the whole file;
+    a line that is not UTF-8 is malformed on its own line, so the others are still checked."""
     if data.startswith(_BOM):
-        return Malformed("bom", "line 1: the file starts with a byte-order mark (interfaces §1)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        return Malformed("invalid_json", f"line {line}: not UTF-8 ({error.reason})")
-    return text.split("\n")
+        return Malformed("bom", "the file starts with a byte-order mark (interfaces §1)")
+    lines: list[str | Malformed] = []
+    for raw in data.split(b"\n"):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            lines.append(Malformed("invalid_json", f"not UTF-8 at byte {error.start} ({error.reason})"))
+    return lines

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 # R1.1: the accepted input form. Trailing zeros after the point are accepted and normalised.
-DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
+DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?\Z"  # \Z: "$" would allow a final "\n"
 _DECIMAL_RE = re.compile(DECIMAL_PATTERN)
 
 MAX_FRACTION_PLACES = 18  # R4.3: fractions have at most 18 decimal places

@@ -24,13 +24,13 @@ from events.timestamps import TS_PATTERN
 # --- field types (R1.1, R2.1, R3.2); messages from msgspec name the field: `$.amount` --------
 Dec = Annotated[str, msgspec.Meta(pattern=DECIMAL_PATTERN)]
 Ts = Annotated[str, msgspec.Meta(pattern=TS_PATTERN)]
-InputId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$")]
+InputId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+\Z")]
 # R2.1: account ids; system accounts (R2.2) are the three names starting with "@".
 AccountId = Annotated[
-    str, msgspec.Meta(pattern=r"^([A-Za-z0-9._:/-]{1,64}|@insurance|@fees|@external)$")
+    str, msgspec.Meta(pattern=r"^([A-Za-z0-9._:/-]{1,64}|@insurance|@fees|@external)\Z")
 ]
 # R2.1: asset and instrument ids follow the account character rules, without "@".
-SymbolId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/-]{1,64}$")]
+SymbolId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/-]{1,64}\Z")]
 Places = Annotated[int, msgspec.Meta(ge=0, le=18)]  # R4.2, R4.3
 
 _config = dict(tag_field="type", frozen=True, kw_only=True, forbid_unknown_fields=True)

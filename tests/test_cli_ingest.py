@@ -215,13 +215,6 @@ def test_first_input_must_list_the_settlement_asset(run_cli, ledger, tmp_path):
     assert [(line, c) for _, line, c, _ in _errors(err)] == [(1, "bad_listing")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a file with invalid UTF-8 is reported as a single error on line 1 "
-    "(`FILE:1: error[invalid_json]: line 3: not UTF-8`) instead of on its physical line, and "
-    "the other malformed lines of the file are not reported (interfaces §3.1: every malformed "
-    "line, with its 1-based physical line number)",
-)
 def test_invalid_utf8_is_reported_on_its_own_line_with_the_other_bad_lines(run_cli, ten_ledger, tmp_path):
     f = tmp_path / "latin1.jsonl"
     f.write_bytes((_dep("u1") + "\nnot json\n" + _dep("u2", account="alXce") + "\n").encode().replace(b"X", b"\xff"))
@@ -271,12 +264,6 @@ def test_file_without_a_final_line_end_is_read_whole(run_cli, ledger, ten_lines,
     assert _summary(out) == TEN_SUMMARY
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: app.Ingestor.check_file ignores any line whose *stripped* text starts with '#', "
-    "so an indented ' # ...' line is skipped; interfaces §1 ignores only lines whose first "
-    "character is '#' (validate.check_lines does it right but is not used)",
-)
 def test_indented_hash_line_is_not_a_comment(run_cli, ten_ledger, tmp_path):
     f = _write(tmp_path / "indented.jsonl", [_dep("h1"), "  # not a comment: first character is a space"])
     code, out, err = _ingest(run_cli, ten_ledger, f)

@@ -195,12 +195,6 @@ def test_init_requires_an_origin(run_cli, tmp_path):
     assert not (tmp_path / "clearing.db").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: init accepts an origin that is not a valid C2SP signed-note key name (empty, or "
-    "holding a space or '+'); the printed verifier key `a+b+<id>+<b64>` then cannot be split "
-    "back into name, id and key, and the key file cannot be parsed back by keys.parse_signer_key",
-)
 @pytest.mark.parametrize("origin", ["", "has space", "plus+sign"])
 def test_init_refuses_an_origin_that_is_not_a_key_name(run_cli, tmp_path, origin):
     code, out, err = run_cli("init", "--origin", origin, cwd=tmp_path)
