@@ -16,6 +16,7 @@ from events.parse import Malformed, parse_line
 from events.store import LogRecord, LogStore, StoreError, open_store
 from events.timestamps import parse_ts
 from projections import history, snapshot
+from projections.readmodel import ReadModel, default_path
 from projections.state import LedgerState
 
 from clearing import keys
@@ -192,6 +193,14 @@ class Ingestor:
         if self.state.seq - self.last_snapshot >= SNAPSHOT_EVERY:
             self.store.put_snapshot(self.state.seq, snapshot.encode(self.state))
             self.last_snapshot = self.state.seq
+
+
+def update_read_model(store: LogStore) -> int:
+    """Bring the read model beside an SQLite store (<store>.read.db) up to the log's head."""
+    if store.url.startswith(("postgresql://", "postgres://")):
+        return 0  # a PostgreSQL ledger names its read model explicitly (a later issue)
+    with ReadModel(default_path(store.url)) as model:
+        return model.catch_up(store)
 
 
 def _with_seq(inp: s.Input, seq: int) -> s.Input:

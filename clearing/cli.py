@@ -88,6 +88,7 @@ def ingest(store: str | None, files: tuple[str, ...], checkpoint: bool, as_json:
             summary.head_seq = ledger.head()[0]
         if checkpoint:
             click.echo("warning: checkpoints arrive with the tamper-evident log; none signed", err=True)
+        app.update_read_model(ledger)
     finally:
         ledger.close()
     if as_json:

@@ -317,6 +317,8 @@ def run_demo(directory: str | None = None, seed: int = SEED) -> dict:
                         break
                 bar.update(EXPECTED_INPUTS)
             say(f"  wrote {summary.appended + summary.duplicates:,} input events to {inputs_path}")
+        say("  updating the read model (SQLite, for analysts) ...")
+        app.update_read_model(store)
         report = _summarise(store, summary, directory)
     finally:
         store.close()
@@ -397,3 +399,5 @@ def _print_summary(r: dict, store_path: str, say) -> None:
     say(f"  clearing state --store {store_path} --at {after} --account {worst}")
     say(f"  clearing state --store {store_path} --at {after} --json")
     say(f"  clearing state --store {store_path} --seq 1000")
+    say(f"  sqlite3 {store_path}.read.db \"select seq, ts, type, summary from events"
+        f" where type in ('bankruptcy', 'deleverage') limit 10\"")
