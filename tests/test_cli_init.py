@@ -87,7 +87,9 @@ def test_private_key_is_never_stored_in_the_database(run_cli, tmp_path, ten_line
     assert sorted(p.name for p in tmp_path.glob("clearing.db*") if not p.name.endswith(("-wal", "-shm", ".lock"))) == [
         "clearing.db",
         "clearing.db.key",
+        "clearing.db.read.db",  # the read model beside the store
     ]
+    assert b"PRIVATE+KEY" not in _store_bytes(tmp_path / "clearing.db.read.db")
 
 
 def test_init_twice_fails_with_exit_2_and_keeps_the_key(run_cli, tmp_path):
