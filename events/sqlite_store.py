@@ -10,8 +10,10 @@ Storage
   library's ``select_notifications`` also works on this file.
 * Side tables, written in the SAME library transaction as the events
   (``LedgerRecorder._insert_events``): ``event_index`` (seq, ts_us, type, ref,
-  leaf), ``input_ids`` (id, seq, digest); plus ``snapshots`` (derived data, own
-  transaction) and ``meta``.
+  leaf), ``input_ids`` (id, seq, digest), ``merkle_nodes`` (level, idx, hash:
+  the complete Merkle subtrees of level >= 1 that the append completes; level 0
+  is ``event_index.leaf``); plus ``snapshots`` (derived data, own transaction),
+  ``checkpoints`` (id, size, note: signed notes, own transaction) and ``meta``.
 * The file is marked as a ledger by ``PRAGMA application_id`` (set in the
   ``create`` transaction), which is what ``exists()`` checks.
 * Connections, WAL mode and transactions are the library's
@@ -54,14 +56,16 @@ __all__ = ["LedgerRecorder", "LogEventBatch", "SQLiteLogStore", "APPLICATION_ID"
 
 #: ``PRAGMA application_id`` of a ledger file ("CLRG").
 APPLICATION_ID = 0x434C5247
-#: ``PRAGMA user_version`` written by ``create``.
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version`` written by ``create`` (2: merkle_nodes, checkpoints).
+SCHEMA_VERSION = 2
 
 LOG_ID_HEX = LOG_ID.hex
 
 # Largest IN (...) list per query in find_inputs (SQLite's variable limit is 32766
 # on 3.32+, 999 before; stay well below both).
 _IN_CHUNK = 500
+# (level, idx) pairs per get_nodes query (two variables each).
+_NODE_CHUNK = 200
 
 _index_row = itemgetter(0, 1, 2, 3, 5)  # LogRecord -> (seq, ts_us, type, ref, leaf)
 _get_seq = itemgetter(0)
@@ -110,7 +114,8 @@ class LedgerRecorder(SQLiteApplicationRecorder):
     2. a head check: the log must have ended at ``expect_head[0]`` with a
        timestamp <= ``expect_head[1]`` (done after 1, so the write lock is held
        and the check cannot race another writer);
-    3. the side rows (``_insert_side_rows``).
+    3. the side rows (``_insert_side_rows``);
+    4. the Merkle nodes (``_insert_nodes``).
 
     Any failure rolls back all of it.
     """
@@ -127,6 +132,7 @@ class LedgerRecorder(SQLiteApplicationRecorder):
         )
         self.insert_index_statement = "INSERT INTO event_index VALUES (?,?,?,?,?)"
         self.insert_input_statement = "INSERT INTO input_ids VALUES (?,?,?)"
+        self.insert_node_statement = "INSERT INTO merkle_nodes VALUES (?,?,?)"
         # Driven by the library's (originator_id, originator_version) index, in
         # seq order (CROSS JOIN fixes the join order: no temp b-tree for ORDER BY).
         select_records = (
@@ -168,6 +174,16 @@ class LedgerRecorder(SQLiteApplicationRecorder):
             "CREATE TABLE IF NOT EXISTS meta ("
             "key TEXT PRIMARY KEY, "
             "value TEXT NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS merkle_nodes ("
+            "level INTEGER NOT NULL, "
+            "idx INTEGER NOT NULL, "
+            "hash BLOB NOT NULL, "
+            "PRIMARY KEY (level, idx)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS checkpoints ("
+            "id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "size INTEGER NOT NULL, "
+            "note TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS checkpoints_size ON checkpoints (size, id)",
         ]
 
     def _insert_events(
@@ -177,6 +193,7 @@ class LedgerRecorder(SQLiteApplicationRecorder):
         *,
         index_rows: Sequence[tuple] = (),
         input_rows: Sequence[tuple] = (),
+        node_rows: Sequence[tuple] = (),
         expect_head: tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> Sequence[int] | None:
@@ -217,8 +234,9 @@ class LedgerRecorder(SQLiteApplicationRecorder):
                     "append_invalid",
                     f"ts_us {first_ts} of seq {want_seq + 1} is before the head's ts_us {head_ts}",
                 )
-        # (3) Side rows in the same transaction.
+        # (3) Side rows and (4) Merkle nodes in the same transaction.
         self._insert_side_rows(c, index_rows, input_rows)
+        self._insert_nodes(c, node_rows)
         return None
 
     def _insert_side_rows(
@@ -228,6 +246,10 @@ class LedgerRecorder(SQLiteApplicationRecorder):
             c.executemany(self.insert_index_statement, index_rows)
         if input_rows:
             c.executemany(self.insert_input_statement, input_rows)
+
+    def _insert_nodes(self, c: SQLiteCursor, node_rows: Sequence[tuple]) -> None:
+        if node_rows:
+            c.executemany(self.insert_node_statement, node_rows)
 
 
 class _Tx:
@@ -461,12 +483,56 @@ class SQLiteLogStore(LogStore):
             ).fetchone()
         return None if row is None else (row[0], row[1])
 
+    def get_nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        self._require()
+        unique = list(dict.fromkeys((int(level), int(idx)) for level, idx in keys))
+        found: dict[tuple[int, int], bytes] = {}
+        if not unique:
+            return found
+        leaves = [idx + 1 for level, idx in unique if level == 0]
+        inner = [k for k in unique if k[0] > 0]
+        with self._tx() as cur:  # one snapshot for all of them
+            for i in range(0, len(leaves), _IN_CHUNK):
+                chunk = leaves[i : i + _IN_CHUNK]
+                cur.execute(
+                    f"SELECT seq, leaf FROM event_index WHERE seq IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for seq, leaf in cur.fetchall():
+                    found[(0, seq - 1)] = leaf
+            for i in range(0, len(inner), _NODE_CHUNK):
+                chunk = inner[i : i + _NODE_CHUNK]
+                # An OR of primary-key equalities: SQLite answers each from the index
+                # (a row-value IN list would scan the table).
+                where = " OR ".join(["(level = ? AND idx = ?)"] * len(chunk))
+                cur.execute(
+                    f"SELECT level, idx, hash FROM merkle_nodes WHERE {where}",
+                    [v for k in chunk for v in k],
+                )
+                for level, idx, h in cur.fetchall():
+                    found[(level, idx)] = h
+        return found
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        self._require()
+        with self._tx() as cur:
+            return [
+                (size, note)
+                for size, note in cur.execute(
+                    "SELECT size, note FROM checkpoints ORDER BY size, id"
+                ).fetchall()
+            ]
+
     # ------------------------------------------------------------------ writes
 
-    def append(self, records: Sequence[LogRecord]) -> None:
+    def append(
+        self, records: Sequence[LogRecord], nodes: Sequence[tuple[int, int, bytes]] = ()
+    ) -> None:
         self._require()
         n = len(records)
         if n == 0:
+            if len(nodes):
+                raise StoreError("append_invalid", "Merkle nodes without records to append")
             return
         first = records[0][0]
         seqs = list(map(_get_seq, records))
@@ -475,6 +541,16 @@ class SQLiteLogStore(LogStore):
         ts = list(map(_get_ts, records))
         if ts != sorted(ts):
             raise StoreError("append_invalid", "ts_us must be non-decreasing along seq")
+        last = first + n - 1
+        node_rows = list(nodes)
+        for level, idx, _ in node_rows:
+            if not (type(level) is int and type(idx) is int and 1 <= level < 64 and idx >= 0
+                    and (idx + 1) << level <= last):
+                raise StoreError(
+                    "append_invalid",
+                    f"Merkle node ({level!r}, {idx!r}) is not a complete subtree of a "
+                    f"level >= 1 within seq 1..{last}",
+                )
         stored = LogEventBatch(records)
         index_rows = list(map(_index_row, records))
         input_rows = [(r[3], r[0], r[6]) for r in records if r[6] is not None]
@@ -483,6 +559,7 @@ class SQLiteLogStore(LogStore):
                 stored,
                 index_rows=index_rows,
                 input_rows=input_rows,
+                node_rows=node_rows,
                 expect_head=(first - 1, ts[0]),
             )
         except IntegrityError as e:
@@ -492,6 +569,10 @@ class SQLiteLogStore(LogStore):
             if "input_ids" in msg:
                 raise StoreError(
                     "append_conflict", "an input id in the batch is already recorded"
+                ) from e
+            if "merkle_nodes" in msg:
+                raise StoreError(
+                    "append_conflict", "a Merkle node in the batch is already stored"
                 ) from e
             raise StoreError(
                 "append_conflict", f"seq {first}..{first + n - 1} overlaps the log"
@@ -505,6 +586,26 @@ class SQLiteLogStore(LogStore):
         self._require()
         with self._tx(commit=True) as cur:
             cur.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (seq, state))
+
+    def put_checkpoint(self, size: int, note: str) -> None:
+        self._require()
+        if type(size) is not int or size < 0 or not isinstance(note, str):
+            raise StoreError("append_invalid", f"bad checkpoint size {size!r} or note")
+        try:
+            with self._tx(commit=True) as cur:
+                # The insert takes the write lock first, so the head check cannot race
+                # an append; a failed check rolls the insert back.
+                cur.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (size, note))
+                row = cur.execute(self._get_recorder().select_head_statement).fetchone()
+                head = row[0] if row is not None else 0
+                if size > head:
+                    raise StoreError(
+                        "append_invalid", f"checkpoint size {size} is beyond the head {head}"
+                    )
+        except OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise StoreError("store_locked", f"database is locked: {e}") from e
+            raise
 
     @contextmanager
     def writer_lock(self, timeout: float = 10.0) -> Iterator[None]:

@@ -15,6 +15,12 @@ Terms
 * ``input_digest``: for input events, the caller's SHA-256 of the input's canonical
   content without seq (used for idempotent re-submission checks); ``None`` for
   decisions. Inputs are indexed by id (see ``find_inputs``).
+* Merkle nodes (``events.merkle``): node (level, idx) is the root hash of the
+  complete subtree over leaves [idx * 2^level, (idx+1) * 2^level), leaves numbered
+  from 0 (leaf i is the event with seq i+1). Level 0 is the events' ``leaf``;
+  nodes of level >= 1 are written by ``append`` with the events that complete
+  them. Opaque to the store, like payloads.
+* Checkpoints: signed notes (text) for a tree size, kept in the order written.
 """
 
 from __future__ import annotations
@@ -55,7 +61,11 @@ class StoreError(Exception):
       * ``store_invalid``   – the location holds something that is not a ledger store
       * ``store_locked``    – ``writer_lock`` could not be acquired within the timeout
       * ``append_conflict`` – the batch does not continue the log at head+1
-        contiguously, or an input id in it is already recorded; nothing was written
+        contiguously, or an input id or Merkle node in it is already recorded;
+        nothing was written
+      * ``append_invalid``  – timestamps go backwards, a Merkle node lies outside
+        the log after the append, or a checkpoint is for a size beyond the head;
+        nothing was written
     """
 
     def __init__(self, code: str, message: str = "") -> None:
@@ -95,14 +105,35 @@ class LogStore(abc.ABC):
         """(last seq, its ts_us); (0, 0) when the log is empty."""
 
     @abc.abstractmethod
-    def append(self, records: Sequence[LogRecord]) -> None:
-        """Append records in ONE atomic transaction.
+    def append(
+        self, records: Sequence[LogRecord], nodes: Sequence[tuple[int, int, bytes]] = ()
+    ) -> None:
+        """Append records, and the Merkle nodes they complete, in ONE atomic transaction.
 
         ``records[0].seq`` must equal head+1 and the seqs must be contiguous,
         else StoreError("append_conflict") and nothing is written. An input id
         (record with ``input_digest`` set) that is already recorded is also an
-        ``append_conflict``. An empty sequence is a no-op.
+        ``append_conflict``. An empty sequence is a no-op (with no nodes).
+
+        ``nodes`` are (level, idx, hash) with level >= 1 and the subtree inside the
+        log after this append, i.e. (idx+1) * 2^level <= the last seq, else
+        StoreError("append_invalid"); a node already stored is an
+        ``append_conflict``.
         """
+
+    @abc.abstractmethod
+    def get_nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """(level, idx) -> hash for those of ``keys`` that are stored, read in one
+        snapshot. Level 0 is the leaf hash of the event with seq idx+1."""
+
+    @abc.abstractmethod
+    def put_checkpoint(self, size: int, note: str) -> None:
+        """Keep a signed checkpoint note for tree size ``size`` (0 <= size <= head,
+        else StoreError("append_invalid")). Several notes per size are kept."""
+
+    @abc.abstractmethod
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """All (size, note), by ascending size, notes of one size in the order written."""
 
     @abc.abstractmethod
     def read(

@@ -92,6 +92,9 @@ class StoreContract:
             lambda: store.find_inputs(["in-1"]),
             lambda: store.put_snapshot(1, b"s"),
             lambda: store.latest_snapshot(1),
+            lambda: store.get_nodes([(0, 0)]),
+            lambda: store.put_checkpoint(0, "note"),
+            lambda: store.checkpoints(),
             lambda: store.writer_lock().__enter__(),
         ]
         for call in calls:
@@ -340,6 +343,119 @@ class StoreContract:
         finally:
             again.close()
 
+    # ------------------------------------------------------------ Merkle nodes, checkpoints
+
+    @staticmethod
+    def _nodes_for(records: list[LogRecord]) -> list[tuple[int, int, bytes]]:
+        """Fake but well-placed nodes: every complete subtree of level >= 1 that the
+        records' seqs complete (the store treats hashes as opaque)."""
+        out = []
+        for r in records:
+            size, level = r.seq, 1
+            while size % (1 << level) == 0:
+                out.append((level, (size >> level) - 1, hashlib.sha256(b"n%d/%d" % (level, size)).digest()))
+                level += 1
+        return out
+
+    def test_append_with_nodes_and_get_nodes(self, ledger):
+        b1, b2 = recs(1, 5), recs(6, 11)
+        n1, n2 = self._nodes_for(b1), self._nodes_for(b2)
+        assert (2, 0) in {(lv, i) for lv, i, _ in n1} and (4, 0) in {(lv, i) for lv, i, _ in n2}
+        ledger.append(b1, n1)
+        ledger.append(b2, n2)
+        ledger.append(recs(17, 1))  # nodes are optional
+        want = {(lv, i): h for lv, i, h in n1 + n2}
+        assert ledger.get_nodes(list(want)) == want
+        leaves = {(0, r.seq - 1): r.leaf for r in b1 + b2}
+        assert ledger.get_nodes(list(leaves)) == leaves
+        mixed = [(0, 0), (1, 0), (0, 16), (0, 17), (1, 8), (4, 0), (4, 1), (5, 0), (0, 0)]
+        got = ledger.get_nodes(mixed)
+        assert got == {(0, 0): b1[0].leaf, (1, 0): want[(1, 0)], (0, 16): ledger.get(17).leaf,
+                       (4, 0): want[(4, 0)]}
+        assert ledger.get_nodes([]) == {}
+
+    def test_get_nodes_many_keys(self, ledger):
+        batch = recs(1, 3000)
+        nodes = self._nodes_for(batch)
+        ledger.append(batch, nodes)
+        want = {(lv, i): h for lv, i, h in nodes}
+        assert len(want) == 3000 - bin(3000).count("1")
+        keys = list(want) + [(0, i) for i in range(3000)] + [(1, 5000), (12, 0), (0, 3000)]
+        got = ledger.get_nodes(keys)
+        assert len(got) == len(want) + 3000
+        assert all(got[k] == v for k, v in want.items())
+        assert all(got[(0, r.seq - 1)] == r.leaf for r in batch)
+
+    def test_nodes_are_written_atomically_with_the_events(self, ledger):
+        base = recs(1, 4)
+        ledger.append(base, self._nodes_for(base))
+        batch = recs(5, 4)
+        nodes = self._nodes_for(batch)
+        bad_hash = nodes[:-1] + [(nodes[-1][0], nodes[-1][1], None)]  # NOT NULL fails last
+        with pytest.raises(Exception):
+            ledger.append(batch, bad_hash)
+        self._assert_unchanged(ledger, base)
+        assert ledger.get_nodes([(lv, i) for lv, i, _ in nodes]) == {}
+        # A node already stored: append_conflict, nothing written.
+        with pytest.raises(StoreError) as ei:
+            ledger.append(batch, nodes + [(2, 0, b"x" * 32)])
+        assert ei.value.code == "append_conflict"
+        self._assert_unchanged(ledger, base)
+        assert ledger.get_nodes([(1, 2)]) == {}
+        ledger.append(batch, nodes)
+        assert ledger.get_nodes([(3, 0)]) == {(3, 0): nodes[-1][2]}
+
+    def test_misplaced_nodes_are_append_invalid(self, ledger):
+        ledger.append(recs(1, 2), self._nodes_for(recs(1, 2)))
+        for bad in ([(1, 2, b"h" * 32)],        # covers seq 5..6, log ends at 4
+                    [(0, 2, b"h" * 32)],        # level 0 is the events' leaves
+                    [(3, 0, b"h" * 32)],        # covers seq 1..8
+                    [(1, -1, b"h" * 32)],
+                    [(True, 1, b"h" * 32)]):
+            with pytest.raises(StoreError) as ei:
+                ledger.append(recs(3, 2), bad)
+            assert ei.value.code == "append_invalid"
+        assert ledger.head()[0] == 2
+        with pytest.raises(StoreError) as ei:
+            ledger.append([], [(1, 0, b"h" * 32)])
+        assert ei.value.code == "append_invalid"
+        ledger.append(recs(3, 2), [(1, 1, b"h" * 32), (2, 0, b"g" * 32)])
+        assert ledger.get_nodes([(1, 1), (2, 0)]) == {(1, 1): b"h" * 32, (2, 0): b"g" * 32}
+
+    def test_checkpoints(self, ledger):
+        assert ledger.checkpoints() == []
+        ledger.put_checkpoint(0, "empty\n")
+        ledger.append(recs(1, 10))
+        ledger.put_checkpoint(10, "ten a\n")
+        ledger.put_checkpoint(3, "three\n\n\u2014 sig\n")
+        ledger.put_checkpoint(10, "ten b\n")
+        ledger.put_checkpoint(3, "three again\n")
+        want = [(0, "empty\n"), (3, "three\n\n\u2014 sig\n"), (3, "three again\n"),
+                (10, "ten a\n"), (10, "ten b\n")]
+        assert ledger.checkpoints() == want
+        for size in (11, -1):
+            with pytest.raises(StoreError) as ei:
+                ledger.put_checkpoint(size, "too far\n")
+            assert ei.value.code == "append_invalid"
+        assert ledger.checkpoints() == want
+        ledger.close()
+        again = open_store(ledger.url)
+        try:
+            assert again.checkpoints() == want
+        finally:
+            again.close()
+
+    def test_nodes_survive_reopen(self, ledger):
+        batch = recs(1, 8)
+        nodes = self._nodes_for(batch)
+        ledger.append(batch, nodes)
+        ledger.close()
+        again = open_store(ledger.url)
+        try:
+            assert again.get_nodes([(3, 0), (0, 7)]) == {(3, 0): nodes[-1][2], (0, 7): batch[-1].leaf}
+        finally:
+            again.close()
+
     # ------------------------------------------------------------ processes
 
     def test_writer_lock_excludes_a_second_process(self, ledger):
@@ -551,6 +667,37 @@ class TestSQLiteStore(StoreContract):
         assert ledger.find_inputs(["in-3"]) == {}
         ledger.append(recs(3, 1))
         assert ledger.head()[0] == 3
+
+    def test_forced_failure_in_node_insert_rolls_back(self, ledger, monkeypatch):
+        from events.sqlite_store import LedgerRecorder
+
+        base = recs(1, 2)
+        ledger.append(base, self._nodes_for(base))
+        orig = LedgerRecorder._insert_nodes
+        seen = {}
+
+        def boom(self, c, node_rows):
+            orig(self, c, node_rows)
+            c.execute("SELECT count(*) FROM merkle_nodes")
+            seen["inside"] = c.fetchone()[0]
+            raise RuntimeError("crash after the nodes")
+
+        monkeypatch.setattr(LedgerRecorder, "_insert_nodes", boom)
+        batch = recs(3, 6)
+        with pytest.raises(RuntimeError):
+            ledger.append(batch, self._nodes_for(batch))
+        assert seen["inside"] == 1 + 6  # (1,0) before; (1,1) (2,0) (1,2) (1,3) (2,1) (3,0) in the tx
+        monkeypatch.undo()
+        self._assert_unchanged(ledger, base)
+        assert ledger.get_nodes([(1, 1), (2, 0)]) == {}
+
+    def test_merkle_tables_schema(self, ledger):
+        with ledger._tx() as cur:
+            sql = dict(cur.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+            version = cur.execute("PRAGMA user_version").fetchone()[0]
+        assert "WITHOUT ROWID" in sql["merkle_nodes"] and "PRIMARY KEY (level, idx)" in sql["merkle_nodes"]
+        assert "AUTOINCREMENT" in sql["checkpoints"]
+        assert version == 2
 
     def test_concurrent_creates_one_wins(self, tmp_path):
         url = str(tmp_path / "race.db")
