@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 import msgspec
 
+from events import merkle
 from events import schema as s
 from events.canonical import canonical, content_digest, leaf_hash
 from events.parse import Malformed, parse_line
@@ -118,6 +119,8 @@ class Ingestor:
         self.store = store
         self.state: LedgerState = history.state_at_seq(store, store.head()[0])
         self.engine = Engine(self.state)
+        # The log's Merkle tree (interfaces §5): its new complete nodes go with each append.
+        self.frontier = merkle.Frontier.from_nodes(self.state.seq, merkle.store_nodes(store))
         snap = store.latest_snapshot(self.state.seq)
         self.last_snapshot = snap[0] if snap else 0
         self.pending: list[LogRecord] = []
@@ -188,7 +191,8 @@ class Ingestor:
     def flush(self) -> None:
         if not self.pending:
             return
-        self.store.append(self.pending)
+        nodes = self.frontier.append([record.leaf for record in self.pending])
+        self.store.append(self.pending, nodes)
         self.pending = []
         if self.state.seq - self.last_snapshot >= SNAPSHOT_EVERY:
             self.store.put_snapshot(self.state.seq, snapshot.encode(self.state))

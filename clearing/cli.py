@@ -37,6 +37,10 @@ store_option = click.option(
     default=None,
     help="SQLite file (default clearing.db) or postgresql://user@host:port/dbname; env CLEARING_STORE.",
 )
+key_file_option = click.option(
+    "--key-file", default=None, envvar="CLEARING_KEY_FILE",
+    help="Signing key file (default <store>.key for an SQLite store); env CLEARING_KEY_FILE.",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
 
@@ -61,8 +65,9 @@ def init(store: str | None, origin: str, key_file: str | None) -> None:
 @store_option
 @click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.option("--checkpoint", is_flag=True, help="Sign a checkpoint at the end (see `clearing checkpoint`).")
+@key_file_option
 @json_option
-def ingest(store: str | None, files: tuple[str, ...], checkpoint: bool, as_json: bool) -> None:
+def ingest(store: str | None, files: tuple[str, ...], checkpoint: bool, key_file: str | None, as_json: bool) -> None:
     """Append the input events of each FILE (`-` = standard input)."""
     url = app.store_url(store)
     summary = app.IngestSummary()
@@ -87,7 +92,10 @@ def ingest(store: str | None, files: tuple[str, ...], checkpoint: bool, as_json:
                     ingestor.append_inputs(inputs, summary)
             summary.head_seq = ledger.head()[0]
         if checkpoint:
-            click.echo("warning: checkpoints arrive with the tamper-evident log; none signed", err=True)
+            from clearing.tlog import TLog
+
+            signed = TLog(ledger).sign(summary.head_seq, app.key_file_for(ledger.url, key_file))
+            click.echo(signed.note, err=True, nl=False)
         app.update_read_model(ledger)
     finally:
         ledger.close()
@@ -160,6 +168,82 @@ def _render_state(doc: dict) -> str:
         for instrument, e in doc["exposure"].items():
             out.append(f"  {instrument}: {e['long']} / {e['short']} / {e['insurance']}")
     return "\n".join(out)
+
+
+@cli.command()
+@store_option
+@key_file_option
+@json_option
+def checkpoint(store: str | None, key_file: str | None, as_json: bool) -> None:
+    """Sign and store a checkpoint of the log as it is now; print it (interfaces §5)."""
+    from clearing.tlog import TLog
+
+    ledger = app.open_ledger(app.store_url(store))
+    try:
+        with ledger.writer_lock():
+            signed = TLog(ledger).sign(ledger.head()[0], app.key_file_for(ledger.url, key_file))
+    finally:
+        ledger.close()
+    if as_json:
+        _emit_json(signed.as_json())
+    else:
+        click.echo(signed.note, nl=False)
+
+
+@cli.command()
+@store_option
+@key_file_option
+@click.option("--account", required=True, help="The account whose state is proven.")
+@click.option("--at", "at", default=None, help="The state after the last input with ts <= AT.")
+@click.option("--seq", "seq", type=int, default=None, help="The state after event SEQ (default: the head).")
+@click.option("-o", "output", default=None, help="Write the proof here (default: standard output).")
+def prove(store: str | None, key_file: str | None, account: str, at: str | None, seq: int | None,
+          output: str | None) -> None:
+    """Write a state-at-time proof for an account that verifies offline (interfaces §5)."""
+    if at is not None and seq is not None:
+        raise click.UsageError("give --at or --seq, not both")
+    from clearing.tlog import TLog, resolve_point
+    from events.verifier import dump_state_proof
+
+    ledger = app.open_ledger(app.store_url(store))
+    try:
+        with ledger.writer_lock():  # it may sign and store checkpoints
+            point, when = resolve_point(ledger, at, seq)
+            doc = TLog(ledger).prove(account, point, when, app.key_file_for(ledger.url, key_file))
+    finally:
+        ledger.close()
+    data = dump_state_proof(doc)
+    if output is None:
+        sys.stdout.buffer.write(data)
+    else:
+        with open(output, "wb") as f:
+            f.write(data)
+        click.echo(f"wrote the proof of {account} at seq {point} ({when}) to {output}", err=True)
+
+
+@cli.command()
+@click.argument("proof", type=click.Path(allow_dash=True))
+@click.option("--key", "key", required=True, help="The ledger's verifier key (or a file holding it).")
+@json_option
+def verify(proof: str, key: str, as_json: bool) -> None:
+    """Check a state proof offline, with nothing but the verifier key. Exit 0 valid, 1 invalid."""
+    import os
+
+    from events.verifier import verify_state_proof_text
+
+    if os.path.isfile(key):
+        with open(key) as f:
+            key = f.read().strip()
+    data = _read_input(proof)
+    checks = verify_state_proof_text(data, key)
+    ok = bool(checks) and all(c.ok for c in checks)
+    if as_json:
+        _emit_json({"valid": ok, "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]})
+    else:
+        for c in checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<20} {c.detail}")
+        click.echo("the proof is valid" if ok else "the proof is NOT valid")
+    sys.exit(0 if ok else 1)
 
 
 @cli.command()

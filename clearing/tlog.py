@@ -1,0 +1,181 @@
+"""The tamper-evident log (interfaces §5): signed checkpoints and state-at-time proofs.
+
+The log's Merkle nodes are written with the events (clearing/app.py keeps a ``Frontier``);
+here they are read back to sign checkpoints (C2SP tlog-checkpoint signed notes, Ed25519) and to
+build proofs. A checkpoint is signed only for a tree that is consistent with every checkpoint
+already stored, so no inconsistent checkpoint can be made through this module.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives import serialization
+
+from events import merkle, verifier
+from events.store import LogStore, StoreError
+from events.timestamps import format_ts, parse_ts
+from projections import history, statetree
+
+from clearing import keys
+
+PROOF_FORMAT = "clearing-state-proof/1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def sign_note(text: str, name: str, private: Ed25519PrivateKey) -> str:
+    """A C2SP signed note: the text, an empty line, and ``— <name> <base64(key id ‖ sig)>``."""
+    assert text.endswith("\n")
+    public = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    signature = private.sign(text.encode())
+    return f"{text}\n\u2014 {name} {_b64(keys.key_id(name, public) + signature)}\n"
+
+
+def checkpoint_text(origin: str, size: int, root: bytes, state_root: bytes) -> str:
+    """interfaces §5: origin, tree size, base64 log root, then ``state <base64 state root>``."""
+    return f"{origin}\n{size}\n{_b64(root)}\nstate {_b64(state_root)}\n"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    size: int
+    root: bytes
+    state_root: bytes
+    note: str
+
+    def as_json(self) -> dict:
+        return {
+            "size": self.size,
+            "root": _b64(self.root),
+            "state_root": _b64(self.state_root),
+            "note": self.note,
+        }
+
+
+class TLog:
+    def __init__(self, store: LogStore) -> None:
+        self.store = store
+        self.nodes = merkle.store_nodes(store)
+        self.meta = store.meta()
+
+    def root(self, size: int) -> bytes:
+        return merkle.root(size, self.nodes)
+
+    def stored(self) -> list[Checkpoint]:
+        """The stored checkpoints whose signature verifies with the ledger's verifier key."""
+        out = []
+        for size, note in self.store.checkpoints():
+            text = verifier.verify_note(note, self.meta["verifier_key"])
+            if text is None:
+                continue
+            cp = verifier.parse_checkpoint(text)
+            state = [e for e in cp.extensions if e.startswith("state ")]
+            state_root = base64.b64decode(state[0][6:]) if state else b""
+            out.append(Checkpoint(cp.size, cp.root, state_root, note))
+        return out
+
+    def latest(self) -> Checkpoint | None:
+        stored = self.stored()
+        return max(stored, key=lambda c: c.size) if stored else None
+
+    def at_size(self, size: int) -> Checkpoint | None:
+        for cp in self.stored():
+            if cp.size == size:
+                return cp
+        return None
+
+    def consistent(self, size1: int, root1: bytes, size2: int, root2: bytes) -> bool:
+        """Whether two tree heads can be of one append-only log (RFC 9162 §2.1.4)."""
+        (m, root_m), (n, root_n) = sorted([(size1, root1), (size2, root2)])
+        if m == n:
+            return root_m == root_n
+        if m == 0:
+            return root_m == verifier.EMPTY_ROOT
+        proof = merkle.consistency_proof(m, n, self.nodes)
+        return verifier.verify_consistency(m, n, root_m, root_n, proof)
+
+    def sign(self, size: int, key_path: str) -> Checkpoint:
+        """Sign and store a checkpoint of the first ``size`` events."""
+        head, _ = self.store.head()
+        if not 0 <= size <= head:
+            raise StoreError("seq_out_of_range", f"size {size} is not between 0 and the head {head}")
+        name, private = keys.read_key(key_path)
+        if name != self.meta["origin"]:
+            raise StoreError("wrong_key", f"key {key_path} is for {name!r}, not {self.meta['origin']!r}")
+        if keys.verifier_key(name, private) != self.meta["verifier_key"]:
+            raise StoreError("wrong_key", f"key {key_path} is not this ledger's signing key")
+        root = self.root(size)
+        for other in self.stored():  # never sign a tree that contradicts a stored checkpoint
+            if not self.consistent(size, root, other.size, other.root):
+                raise StoreError(
+                    "inconsistent",
+                    f"the log at size {size} is not consistent with the checkpoint at size {other.size}",
+                )
+        state_root = statetree.state_root(history.state_at_seq(self.store, size))
+        note = sign_note(checkpoint_text(self.meta["origin"], size, root, state_root), name, private)
+        self.store.put_checkpoint(size, note)
+        return Checkpoint(size, root, state_root, note)
+
+    def prove(self, account: str, seq: int, at: str, key_path: str) -> dict:
+        """The clearing-state-proof/1 document for ``account`` at ``seq`` (interfaces §5)."""
+        head, _ = self.store.head()
+        if not 1 <= seq <= head:
+            raise StoreError("seq_out_of_range", f"no state to prove at seq {seq} (head {head})")
+        state = history.state_at_seq(self.store, seq)
+        if account not in state.accounts:
+            raise StoreError("unknown_account", f"account {account!r} does not exist at seq {seq}")
+        checkpoint = self.at_size(seq) or self.sign(seq, key_path)
+        latest = self.latest()
+        assert latest is not None
+        if latest.size < min(head, seq + 1):  # the boundary needs event seq+1 when there is one
+            latest = self.sign(head, key_path)
+        leaf, index, size, path = statetree.account_proof(state, account)
+        boundary = []
+        for event_seq in (seq, seq + 1):
+            if event_seq > latest.size:
+                break
+            record = self.store.get(event_seq)
+            assert record is not None
+            boundary.append({
+                "seq": event_seq,
+                "leaf": _b64(record.payload),
+                "path": [_b64(h) for h in merkle.inclusion_proof(event_seq - 1, latest.size, self.nodes)],
+            })
+        consistency = merkle.consistency_proof(seq, latest.size, self.nodes)
+        return {
+            "format": PROOF_FORMAT,
+            "account": account,
+            "seq": seq,
+            "at": at,
+            "leaf": _b64(leaf),
+            "leaf_index": index,
+            "state_size": size,
+            "state_path": [_b64(h) for h in path],
+            "checkpoint": checkpoint.note,
+            "latest": latest.note,
+            "consistency": [_b64(h) for h in consistency],
+            "boundary": boundary,
+        }
+
+
+def resolve_point(store: LogStore, at: str | None, seq: int | None) -> tuple[int, str]:
+    """(seq, at) for `prove`: ``--at T`` gives the last event with ts <= T (R3.7); ``--seq N``
+    (or nothing: the head) gives that event and its own ts."""
+    if at is not None:
+        ts_us = parse_ts(at)
+        if ts_us is None:
+            raise StoreError("bad_ts", f"not an RFC 3339 UTC timestamp: {at!r}")
+        return history.seq_at_time(store, ts_us), format_ts(ts_us)
+    head, _ = store.head()
+    n = head if seq is None else seq
+    record = store.get(n) if n >= 1 else None
+    if record is None:
+        raise StoreError("seq_out_of_range", f"no event {n} (head {head})")
+    return n, format_ts(record.ts_us)
