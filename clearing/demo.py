@@ -320,6 +320,7 @@ def run_demo(directory: str | None = None, seed: int = SEED) -> dict:
         say("  updating the read model (SQLite, for analysts) ...")
         app.update_read_model(store)
         report = _summarise(store, summary, directory)
+        report["proof"] = _prove_one(store, store_path, directory, report, say)
     finally:
         store.close()
     report["seconds"] = round(time.monotonic() - started, 1)
@@ -376,6 +377,38 @@ def _summarise(store, summary: app.IngestSummary, directory: str) -> dict:
     }
 
 
+def _prove_one(store, store_path: str, directory: str, report: dict, say) -> dict:
+    """Sign a checkpoint, prove the state of the most affected liquidated account just after
+    the crash, and verify the proof offline with nothing but the verifier key (interfaces §5)."""
+    from clearing.tlog import TLog, resolve_point
+    from events.verifier import dump_state_proof, verify_state_proof_text
+
+    tlog = TLog(store)
+    key_path = app.key_file_for(store_path, None)
+    with store.writer_lock():
+        checkpoint = tlog.sign(store.head()[0], key_path)
+        liquidated = {
+            json.loads(r.payload)["account"]
+            for page in store.read(0, None)
+            for r in page
+            if r.type in ("liquidation", "bankruptcy")
+        }
+        account = next((a["account"] for a in report["most_affected"] if a["account"] in liquidated),
+                       sorted(liquidated)[0])
+        seq, at = resolve_point(store, MOMENTS["after the crash"], None)
+        doc = tlog.prove(account, seq, at, key_path)
+    path = os.path.join(directory, f"proof-{account.replace('/', '_')}.json")
+    data = dump_state_proof(doc)
+    with open(path, "wb") as f:
+        f.write(data)
+    checks = verify_state_proof_text(data, store.meta()["verifier_key"])
+    return {
+        "account": account, "seq": seq, "at": at, "path": path, "bytes": len(data),
+        "checkpoint_size": checkpoint.size, "valid": all(c.ok for c in checks), "checks": len(checks),
+        "verifier_key": store.meta()["verifier_key"],
+    }
+
+
 def _print_summary(r: dict, store_path: str, say) -> None:
     say()
     say(f"Demo ledger ready in {r['seconds']} s: {r['events']:,} events ({r['inputs']:,} inputs) "
@@ -393,11 +426,16 @@ def _print_summary(r: dict, store_path: str, say) -> None:
         say(f"    {a['account']:<22} {a['equity_before']:>18} -> {a['equity_after']:>18}   lost {a['loss']}")
     worst = r["most_affected"][0]["account"] if r["most_affected"] else "zeta-capital"
     before, after = MOMENTS["before the crash"], MOMENTS["after the crash"]
+    p = r["proof"]
+    say(f"  signed a checkpoint of all {p['checkpoint_size']:,} events; proved {p['account']} at seq {p['seq']}"
+        f" ({p['at']}) in {p['path']} ({p['bytes']:,} bytes):"
+        f" {'valid' if p['valid'] else 'INVALID'}, {p['checks']} checks")
     say()
     say("Look further:")
     say(f"  clearing state --store {store_path} --at {before} --account {worst}")
     say(f"  clearing state --store {store_path} --at {after} --account {worst}")
     say(f"  clearing state --store {store_path} --at {after} --json")
     say(f"  clearing state --store {store_path} --seq 1000")
+    say(f"  clearing verify {p['path']} --key {p['verifier_key']}")
     say(f"  sqlite3 {store_path}.read.db \"select seq, ts, type, summary from events"
         f" where type in ('bankruptcy', 'deleverage') limit 10\"")
