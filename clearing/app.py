@@ -63,7 +63,11 @@ def init_ledger(url: str, origin: str, key_file: str | None) -> str:
             verifier = keys.write_new_key(path, origin)
         except OSError as exc:
             raise StoreError("key_file", f"cannot write key file {path}: {exc.strerror}") from exc
-        store.create({"origin": origin, "rules": RULES, "verifier_key": verifier})
+        try:
+            store.create({"origin": origin, "rules": RULES, "verifier_key": verifier})
+        except OSError as exc:
+            os.unlink(path)
+            raise StoreError("store_path", f"cannot create {url}: {exc.strerror}") from exc
         return verifier
     finally:
         store.close()

@@ -340,6 +340,12 @@ class SQLiteLogStore(LogStore):
         return self._verified or self._probe() == "ledger"
 
     def create(self, meta: dict[str, str]) -> None:
+        # Creators take the writer lock: concurrent `init`s then meet one at a time (without
+        # it, two connections switching a new file to WAL can fail with "database is locked").
+        with self._flock(timeout=30.0):
+            self._create(meta)
+
+    def _create(self, meta: dict[str, str]) -> None:
         state = self._probe()
         if state == "ledger":
             raise StoreError("store_exists", f"a ledger already exists at {self.url}")
@@ -610,6 +616,12 @@ class SQLiteLogStore(LogStore):
     @contextmanager
     def writer_lock(self, timeout: float = 10.0) -> Iterator[None]:
         self._require()
+        with self._flock(timeout):
+            yield
+
+    @contextmanager
+    def _flock(self, timeout: float) -> Iterator[None]:
+        """The cross-process lock on ``<file>.lock``: one writer (or creator) at a time."""
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             deadline = time.monotonic() + timeout
