@@ -255,6 +255,10 @@ def demo(directory: str | None) -> None:
     run_demo(directory)
 
 
+# --- commands of other modules: one `cli.add_command(...)` line each ---------------------
+# (end of the commands of other modules)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
