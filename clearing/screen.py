@@ -35,6 +35,7 @@ class Screen:
         self.rises: dict[str, list[tuple[int, int, str]]] = {}  # asset -> heap of (ceiling, v, h)
         self.always: dict[str, set[str]] = {}  # asset -> accounts with no allowance left
         self.live = 0
+        self.refreshes = 0
         self.rebuild()
 
     def rebuild(self) -> None:
@@ -122,7 +123,9 @@ class Screen:
             if not is_system(account_id):
                 self.bound(account_id)
         touched.clear()
-        self.compact()
+        self.refreshes += 1
+        if self.refreshes % 1024 == 0:
+            self.compact()
 
     def compact(self) -> None:
         """Drop stale heap entries once they outnumber the live ones."""
