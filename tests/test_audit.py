@@ -280,3 +280,19 @@ def test_a_larger_ledger_with_many_price_moves_audits_ok(tmp_path):
     report = audit(db)
     assert report.findings == []
     assert report.events == len(payloads(db))
+
+
+def test_any_log_store_is_audited_through_its_contract(pristine, tmp_path, monkeypatch):
+    """A store other than SQLite (PostgreSQL) is read through the LogStore contract
+    (read_payloads, read, checkpoints, meta): the same verdicts, without the side-table
+    cross-checks the contract does not expose."""
+    import clearing.audit as audit_module
+
+    monkeypatch.setattr(audit_module, "_source_for", lambda store: audit_module._StoreSource(store))
+    assert audit(pristine).as_json() == {"ok": True, "events": HEAD, "findings": []}
+    changed = copy_ledger(pristine, tmp_path / "changed")
+    with sqlite3.connect(changed) as conn:
+        conn.execute("DELETE FROM stored_events WHERE originator_version = 16")
+    conn.close()
+    report = audit(changed)
+    assert not report.ok and any(f.seq == 16 and f.rule == "R3.1" for f in report.findings)
