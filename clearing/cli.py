@@ -256,6 +256,8 @@ def demo(directory: str | None) -> None:
 
 
 # --- commands of other modules: one `cli.add_command(...)` line each ---------------------
+cli.add_command(__import__("clearing.replay", fromlist=["replay_command"]).replay_command)
+cli.add_command(__import__("clearing.explain", fromlist=["explain_command"]).explain_command)
 # (end of the commands of other modules)
 
 
