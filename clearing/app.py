@@ -17,7 +17,6 @@ from events.parse import Malformed, parse_line
 from events.store import LogRecord, LogStore, StoreError, open_store
 from events.timestamps import parse_ts
 from projections import history, snapshot
-from projections.readmodel import ReadModel, default_path
 from projections.state import LedgerState
 
 from clearing import keys
@@ -207,6 +206,8 @@ def update_read_model(store: LogStore) -> int:
     """Bring the read model beside an SQLite store (<store>.read.db) up to the log's head."""
     if store.url.startswith(("postgresql://", "postgres://")):
         return 0  # a PostgreSQL ledger names its read model explicitly (a later issue)
+    from projections.readmodel import ReadModel, default_path  # sqlite-utils: import when used
+
     with ReadModel(default_path(store.url)) as model:
         return model.catch_up(store)
 

@@ -7,6 +7,7 @@ store or any other failure (an unexpected exception never exits 1).
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 
@@ -44,7 +45,20 @@ key_file_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands in ``LAZY_COMMANDS`` are imported when they are used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """clearing: an event-sourced clearinghouse ledger for cross-margined derivatives."""
 
@@ -247,6 +261,32 @@ def verify(proof: str, key: str, as_json: bool) -> None:
 
 
 @cli.command()
+@store_option
+@json_option
+def audit(store: str | None, as_json: bool) -> None:
+    """Re-derive everything from the log and check it (interfaces §3.2). Exit 1 on findings."""
+    from clearing.audit import run_audit
+
+    ledger = app.open_ledger(app.store_url(store))
+    try:
+        with click.progressbar(length=ledger.head()[0], label="auditing", file=sys.stderr) as bar:
+            report = run_audit(ledger, progress=bar.update)
+    finally:
+        ledger.close()
+    if as_json:
+        _emit_json(report.as_json())
+    else:
+        for f in report.findings:
+            click.echo(f"seq {f.seq}: [{f.rule}] {f.message}")
+        click.echo(
+            f"audited {report.events:,} events: "
+            + ("no findings" if report.ok else f"{len(report.findings)} findings"),
+            err=True,
+        )
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
 @click.option("--dir", "directory", default=None, help="Folder for the demo ledger (default: a fresh folder here).")
 def demo(directory: str | None) -> None:
     """Build a realistic ledger with a market crash, and tour it."""
@@ -255,9 +295,15 @@ def demo(directory: str | None) -> None:
     run_demo(directory)
 
 
-# --- commands of other modules: one `cli.add_command(...)` line each ---------------------
-cli.add_command(__import__("clearing.replay", fromlist=["replay_command"]).replay_command)
-cli.add_command(__import__("clearing.explain", fromlist=["explain_command"]).explain_command)
+# --- commands of other modules, imported only when used (a fast start for every command) --
+LAZY_COMMANDS = {
+    "statement": "clearing.reconcile:statement",
+    "reconcile": "clearing.reconcile:reconcile_command",
+    "export": "clearing.export:export",
+    "report": "clearing.report:report",
+    "replay": "clearing.replay:replay_command",
+    "explain": "clearing.explain:explain_command",
+}
 # (end of the commands of other modules)
 
 

@@ -68,13 +68,40 @@ class TLog:
     def root(self, size: int) -> bytes:
         return merkle.root(size, self.nodes)
 
+    def verified_state(self, size: int, root: bytes):
+        """The state at ``size``, folded from a snapshot and the stored events after it, once
+        those events are shown to be the ones the log's Merkle tree commits to: they re-hash,
+        on top of the stored subtrees before them, to the root being signed. (An event changed
+        in place after the snapshot would otherwise give a signed but false state root.)"""
+        frontier: list[merkle.Frontier] = []
+        folded: list[int] = []
+
+        def observe(seq: int, payload: bytes) -> None:
+            if not frontier:
+                frontier.append(merkle.Frontier.from_nodes(seq - 1, self.nodes))
+            frontier[0].append([verifier.leaf_hash(payload)])
+            folded.append(seq)
+
+        state = history.state_at_seq(self.store, size, observe)
+        if frontier and frontier[0].root() != root:
+            raise StoreError(
+                "inconsistent",
+                f"the stored events from seq {size - len(folded) + 1} to {size} do not match the"
+                " log's Merkle tree; run `clearing audit`",
+            )
+        return state
+
     def stored(self) -> list[Checkpoint]:
-        """The stored checkpoints whose signature verifies with the ledger's verifier key."""
+        """The stored checkpoints; one whose signature fails is tampering, never ignored."""
         out = []
         for size, note in self.store.checkpoints():
             text = verifier.verify_note(note, self.meta["verifier_key"])
             if text is None:
-                continue
+                raise StoreError(
+                    "inconsistent",
+                    f"the stored checkpoint of size {size} does not verify with the ledger's key;"
+                    " run `clearing audit`",
+                )
             cp = verifier.parse_checkpoint(text)
             state = [e for e in cp.extensions if e.startswith("state ")]
             state_root = base64.b64decode(state[0][6:]) if state else b""
@@ -106,7 +133,10 @@ class TLog:
         head, _ = self.store.head()
         if not 0 <= size <= head:
             raise StoreError("seq_out_of_range", f"size {size} is not between 0 and the head {head}")
-        name, private = keys.read_key(key_path)
+        try:
+            name, private = keys.read_key(key_path)
+        except (OSError, ValueError) as exc:
+            raise StoreError("key_file", f"cannot read the signing key {key_path}: {exc}") from exc
         if name != self.meta["origin"]:
             raise StoreError("wrong_key", f"key {key_path} is for {name!r}, not {self.meta['origin']!r}")
         if keys.verifier_key(name, private) != self.meta["verifier_key"]:
@@ -118,9 +148,10 @@ class TLog:
                     "inconsistent",
                     f"the log at size {size} is not consistent with the checkpoint at size {other.size}",
                 )
-        state_root = statetree.state_root(history.state_at_seq(self.store, size))
+        state_root = statetree.state_root(self.verified_state(size, root))
         note = sign_note(checkpoint_text(self.meta["origin"], size, root, state_root), name, private)
-        self.store.put_checkpoint(size, note)
+        if all(other.note != note for other in self.stored()):  # Ed25519 signing is deterministic
+            self.store.put_checkpoint(size, note)
         return Checkpoint(size, root, state_root, note)
 
     def prove(self, account: str, seq: int, at: str, key_path: str) -> dict:
@@ -178,4 +209,14 @@ def resolve_point(store: LogStore, at: str | None, seq: int | None) -> tuple[int
     record = store.get(n) if n >= 1 else None
     if record is None:
         raise StoreError("seq_out_of_range", f"no event {n} (head {head})")
+    following = store.get(n + 1)
+    if following is not None and following.ts_us == record.ts_us:
+        # R3.7: the state at a time includes every event of that time, so a state in the middle
+        # of them is the state at no time, and no boundary could show ts(N) <= at < ts(N+1).
+        last = history.seq_at_time(store, record.ts_us)
+        raise StoreError(
+            "not_a_time",
+            f"the state at seq {n} is not the state at any time: event {n + 1} has the same ts;"
+            f" prove --seq {last} (or --at {format_ts(record.ts_us)}) instead",
+        )
     return n, format_ts(record.ts_us)

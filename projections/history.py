@@ -3,14 +3,21 @@ point plus the events after it, so the cost of a query does not grow with the lo
 
 from __future__ import annotations
 
+from typing import Callable
+
 from events.canonical import decode
 from events.store import LogStore
 from projections import snapshot
 from projections.state import Folder, LedgerState
 
 
-def state_at_seq(store: LogStore, seq: int) -> LedgerState:
-    """The state after event ``seq`` (0: the empty state). ``seq`` is clamped to the head."""
+def state_at_seq(
+    store: LogStore, seq: int, observe: Callable[[int, bytes], None] | None = None
+) -> LedgerState:
+    """The state after event ``seq`` (0: the empty state). ``seq`` is clamped to the head.
+
+    ``observe(seq, payload)`` sees the bytes of every event folded after the snapshot (the
+    tamper-evident log uses it to check them against the Merkle tree before signing)."""
     head, _ = store.head()
     seq = max(0, min(seq, head))
     snap = store.latest_snapshot(seq)
@@ -26,6 +33,8 @@ def state_at_seq(store: LogStore, seq: int) -> LedgerState:
             if event_seq > seq:
                 next_event = event
             else:
+                if observe is not None:
+                    observe(event_seq, payload)
                 folder.feed(event)
     return folder.finish(next_event)
 

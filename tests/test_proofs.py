@@ -453,12 +453,6 @@ def test_prove_errors(small, tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `prove --seq N` when event N+1 has the same ts as event N (inputs at one time, "
-    "an input and its decisions) writes, with exit 0, a proof that `verify` rejects "
-    "(boundary_time: at = ts(N) is not before ts(N+1))",
-)
 def test_prove_at_a_seq_followed_by_an_event_of_the_same_time(small, tmp_path):
     folder = tmp_path / "ledger"
     shutil.copytree(small["folder"], folder)
@@ -522,13 +516,6 @@ def test_tampered_history_cannot_be_shown_consistent_with_what_was_signed(small,
     assert all(mth(hashes[:size]) == parse_note(note)[1] for size, note in before.items())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a stored event is changed, `prove` at a size without a stored checkpoint signs "
-    "one whose log root comes from the stored Merkle nodes (the original history) but whose state "
-    "root comes from the changed payloads; the proof of the false state verifies against the "
-    "checkpoint signed before the change",
-)
 def test_proof_made_after_tampering_does_not_verify_against_the_earlier_checkpoint(small, tmp_path):
     folder = tmp_path / "ledger"
     shutil.copytree(small["folder"], folder)
