@@ -321,6 +321,7 @@ def run_demo(directory: str | None = None, seed: int = SEED) -> dict:
         app.update_read_model(store)
         report = _summarise(store, summary, directory)
         report["proof"] = _prove_one(store, store_path, directory, report, say)
+        report["report"] = _incident_report(store, directory, report["most_affected"][0]["account"], say)
     finally:
         store.close()
     report["seconds"] = round(time.monotonic() - started, 1)
@@ -377,6 +378,18 @@ def _summarise(store, summary: app.IngestSummary, directory: str) -> dict:
     }
 
 
+def _incident_report(store, directory: str, account: str, say) -> str:
+    """The HTML incident report of the most affected account, around the crash."""
+    from clearing.report import build_report
+
+    say(f"  writing the incident report of {account} ...")
+    data = build_report(store, account, f"{DAY}T13:45:00Z", f"{DAY}T15:00:00Z")
+    path = os.path.join(directory, f"report-{account.replace('/', '_')}.html")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
 def _prove_one(store, store_path: str, directory: str, report: dict, say) -> dict:
     """Sign a checkpoint, prove the state of the most affected liquidated account just after
     the crash, and verify the proof offline with nothing but the verifier key (interfaces §5)."""
@@ -430,6 +443,7 @@ def _print_summary(r: dict, store_path: str, say) -> None:
     say(f"  signed a checkpoint of all {p['checkpoint_size']:,} events; proved {p['account']} at seq {p['seq']}"
         f" ({p['at']}) in {p['path']} ({p['bytes']:,} bytes):"
         f" {'valid' if p['valid'] else 'INVALID'}, {p['checks']} checks")
+    say(f"  incident report of {r['most_affected'][0]['account']}: {r['report']} (open it in a browser; works offline)")
     say()
     say("Look further:")
     say(f"  clearing state --store {store_path} --at {before} --account {worst}")
@@ -437,5 +451,7 @@ def _print_summary(r: dict, store_path: str, say) -> None:
     say(f"  clearing state --store {store_path} --at {after} --json")
     say(f"  clearing state --store {store_path} --seq 1000")
     say(f"  clearing verify {p['path']} --key {p['verifier_key']}")
+    say(f"  clearing replay --store {store_path} --account {worst} --from {before} --to {after}")
+    say(f"  clearing audit --store {store_path}")
     say(f"  sqlite3 {store_path}.read.db \"select seq, ts, type, summary from events"
         f" where type in ('bankruptcy', 'deleverage') limit 10\"")
