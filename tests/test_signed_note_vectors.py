@@ -254,3 +254,17 @@ def test_parse_checkpoint_rejects_bad_sizes(size):
 def test_parse_checkpoint_rejects_malformed(text):
     with pytest.raises(ValueError):
         parse_checkpoint(text)
+
+
+def test_the_ledgers_own_signer_reproduces_the_vectors_byte_for_byte():
+    """clearing/keys.py and clearing/tlog.py (what `clearing checkpoint` signs with) give the
+    Go example's signature line and the reference checkpoint note exactly."""
+    from clearing.keys import parse_signer_key, verifier_key
+    from clearing.tlog import sign_note as ledger_sign_note
+
+    name, private = parse_signer_key(GO["signer_key"])
+    assert verifier_key(name, private) == GO["verifier_keys"][0]
+    assert ledger_sign_note(GO["text"], name, private) == GO["text"] + "\n" + GO["signature_lines"][0] + "\n"
+    name, private = parse_signer_key(CP_KEYS["log_signer_key"])
+    text = "Log\n8\nXcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg=\n"
+    assert ledger_sign_note(text, name, private) == CP["note"]
