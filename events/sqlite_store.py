@@ -614,13 +614,13 @@ class SQLiteLogStore(LogStore):
             raise
 
     @contextmanager
-    def writer_lock(self, timeout: float = 10.0) -> Iterator[None]:
+    def writer_lock(self, timeout: float = 10.0) -> Iterator[None]:  # float-ok: seconds
         self._require()
         with self._flock(timeout):
             yield
 
     @contextmanager
-    def _flock(self, timeout: float) -> Iterator[None]:
+    def _flock(self, timeout: float) -> Iterator[None]:  # float-ok: seconds
         """The cross-process lock on ``<file>.lock``: one writer (or creator) at a time."""
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
