@@ -172,7 +172,7 @@ class LogStore(abc.ABC):
         """The snapshot with the greatest seq <= at_or_before, or None."""
 
     @abc.abstractmethod
-    def writer_lock(self, timeout: float = 10.0) -> AbstractContextManager[None]:
+    def writer_lock(self, timeout: float = 10.0) -> AbstractContextManager[None]:  # float-ok: seconds
         """Context manager: exclusive writer for this ledger across processes.
 
         Raises StoreError("store_locked") if not acquired within ``timeout`` s.
@@ -194,11 +194,14 @@ class LogStore(abc.ABC):
 def open_store(url: str) -> LogStore:
     """Open (never create) the store at ``url``.
 
-    ``postgresql://...`` / ``postgres://...``: not implemented yet.
-    Anything else: an SQLite file path.
+    ``postgresql://user[:password]@host[:port]/dbname[?schema=NAME]`` (or
+    ``postgres://``): ``events.postgres_store.PostgresLogStore`` (a malformed URL
+    is StoreError("bad_store_url")). Anything else: an SQLite file path.
     """
     if url.startswith(("postgresql://", "postgres://", "postgresql+")):
-        raise NotImplementedError("PostgreSQL log store is not implemented yet")
+        from events.postgres_store import PostgresLogStore
+
+        return PostgresLogStore(url)
     from events.sqlite_store import SQLiteLogStore
 
     return SQLiteLogStore(url)

@@ -105,3 +105,45 @@ def shared_ten_ledger(tmp_path_factory) -> Path:
     code, out, err = _run_cli("ingest", TEN_LINES, cwd=path)
     assert code == 0, err
     return path
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+#: The PostgreSQL server for the tests (a URL without a database; trust auth or a password in
+#: it). Override with CLEARING_TEST_POSTGRES.
+PG_SERVER = os.environ.get("CLEARING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """A fresh PostgreSQL database for this test session; yields its URL (no ``?schema``).
+
+    ``clearing_test_<random>`` is created through the server's ``postgres`` database and
+    dropped (WITH FORCE) at the end of the session. Without a reachable server the tests that
+    use it are skipped, except under CI (``CI=true``), where they fail.
+    """
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    name = f"clearing_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        reason = f"PostgreSQL is not reachable at {PG_SERVER} ({detail or type(exc).__name__})"
+        if _under_ci():
+            pytest.fail(f"{reason}; CI=true requires the PostgreSQL tests to run", pytrace=False)
+        pytest.skip(reason + "; set CLEARING_TEST_POSTGRES to a server URL to run these tests")
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=5) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -597,9 +597,14 @@ class TestSQLiteStore(StoreContract):
         assert ei.value.code == "store_invalid"
         assert junk.read_bytes().startswith(b"this is not a database")
 
-    def test_postgres_url_not_implemented_yet(self):
-        with pytest.raises(NotImplementedError):
-            open_store("postgresql://localhost/ledger")
+    def test_postgres_url_opens_a_postgres_store(self):
+        from events.postgres_store import PostgresLogStore
+
+        s = open_store("postgresql://localhost/ledger")  # opening connects to nothing
+        try:
+            assert isinstance(s, PostgresLogStore) and s.url == "postgresql://localhost/ledger"
+        finally:
+            s.close()
 
     def test_uses_library_table_wal_and_full_sync(self, ledger):
         import sqlite3
@@ -724,3 +729,351 @@ class TestSQLiteStore(StoreContract):
             assert s.meta()["who"] in {"0", "1", "2", "3"}
         finally:
             s.close()
+
+
+class TestPostgresStore(StoreContract):
+    """The same contract on PostgreSQL: one fresh schema of the session's database per test."""
+
+    @pytest.fixture(autouse=True)
+    def _pg(self, pg_database):
+        import uuid
+
+        self.database_url = pg_database
+        self.schema = f"t_{uuid.uuid4().hex[:12]}"
+
+    def make_store(self) -> LogStore:
+        return open_store(f"{self.database_url}?schema={self.schema}")
+
+    # ------------------------------------------------------------ PostgreSQL only
+
+    def _admin(self):
+        import psycopg
+
+        return psycopg.connect(self.database_url, autocommit=True)
+
+    def test_uses_library_table_and_side_tables_in_its_schema(self, ledger):
+        from events.postgres_store import MARKER
+
+        batch = recs(1, 5) + [rec(6, decision=True, ref="in-5")]
+        ledger.append(batch)
+        # The library's own API reads our events from "<app>_events".
+        rec_ = ledger.recorder
+        assert rec_.events_table_name == "clearing_events"
+        assert rec_.datastore.schema == self.schema and rec_.datastore.enable_db_functions is False
+        notes = rec_.select_notifications(start=1, limit=100)
+        assert [(n.originator_id, n.originator_version, n.topic, n.state) for n in notes] == \
+               [(LOG_ID, r.seq, r.type, r.payload) for r in batch]
+        assert [e.originator_version for e in rec_.select_events(LOG_ID, gt=2, lte=4)] == [3, 4]
+        with self._admin() as con:
+            rows = con.execute(
+                f"SELECT originator_id, originator_version, topic, state FROM {self.schema}.clearing_events "
+                "ORDER BY notification_id").fetchall()
+            assert rows == [(LOG_ID, r.seq, r.type, r.payload) for r in batch]
+            tables = {t for (t,) in con.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.schema,))}
+            assert tables == {f"clearing_{t}" for t in (
+                "events", "event_index", "input_ids", "merkle_nodes", "snapshots", "checkpoints", "meta")}
+            assert con.execute("SELECT obj_description(%s::regclass, 'pg_class')",
+                               (f"{self.schema}.clearing_meta",)).fetchone()[0] == MARKER
+            # The library's optional insert function (it drops the table lock) is not created.
+            assert con.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                               "WHERE n.nspname = %s", (self.schema,)).fetchone()[0] == 0
+            # Nothing outside the ledger's schema.
+            assert con.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'clearing%%' "
+                               "AND schemaname <> ALL(%s)",
+                               ([s for (s,) in con.execute(
+                                   "SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%%'")],)
+                               ).fetchone()[0] == 0
+
+    def test_failed_append_burns_notification_ids_but_not_seqs(self, ledger):
+        ledger.append(recs(1, 3))
+        bad = recs(4, 10)
+        bad[-1] = bad[-1]._replace(leaf=None)
+        with pytest.raises(Exception):
+            ledger.append(bad)
+        ledger.append(recs(4, 2))
+        assert [r.seq for r in all_records(ledger)] == [1, 2, 3, 4, 5]
+        ids = [n.id for n in ledger.recorder.select_notifications(start=1, limit=100)]
+        assert ids[:3] == [1, 2, 3] and ids[3] > 4  # a gap in notification ids; seq has none
+
+    def test_forced_failure_after_events_inserted_rolls_back(self, ledger, monkeypatch):
+        from events.postgres_store import PgLedgerRecorder
+
+        base = recs(1, 2)
+        ledger.append(base, self._nodes_for(base))
+        orig = PgLedgerRecorder._insert_nodes
+        seen = {}
+
+        def boom(self, curs, node_chunks):
+            orig(self, curs, node_chunks)
+            seen["events"] = curs.execute(f"SELECT count(*) FROM {self.t_events.as_string(curs)}").fetchone()[0]
+            seen["nodes"] = curs.execute(f"SELECT count(*) FROM {self.t_nodes.as_string(curs)}").fetchone()[0]
+            raise RuntimeError("crash after the nodes")
+
+        monkeypatch.setattr(PgLedgerRecorder, "_insert_nodes", boom)
+        batch = recs(3, 500)
+        with pytest.raises(RuntimeError):
+            ledger.append(batch, self._nodes_for(recs(1, 2) + batch)[1:])
+        assert seen["events"] == 502 and seen["nodes"] > 1  # in the transaction ...
+        monkeypatch.undo()
+        self._assert_unchanged(ledger, base)  # ... and gone after the rollback
+        assert ledger.find_inputs(["in-3"]) == {} and ledger.get_nodes([(1, 1)]) == {}
+        ledger.append(recs(3, 1))
+        assert ledger.head()[0] == 3
+
+    def test_text_fields_with_copy_special_characters(self, ledger):
+        odd = "a\tb\nc\rd\\e\u00e9\u2014\x01"
+        batch = [rec(1, ref=odd, type_="t\\\t\n"), rec(2, decision=True, ref=odd)]
+        ledger.append(batch)
+        assert all_records(ledger) == [batch[0], batch[1]]
+        assert ledger.get(1) == batch[0]
+        assert ledger.find_inputs([odd]) == {odd: (1, batch[0].input_digest)}
+        ledger.put_checkpoint(2, "note\twith\ttabs\n\\n\n")
+        assert ledger.checkpoints() == [(2, "note\twith\ttabs\n\\n\n")]
+
+    def test_schemas_isolate_ledgers_in_one_database(self, ledger):
+        other = open_store(f"{self.database_url}?schema={self.schema}_b")
+        try:
+            assert other.exists() is False
+            other.create({"ledger": "B"})
+            ledger.append(recs(1, 3))
+            other.append(recs(1, 1, ts_us=T0))
+            assert ledger.head()[0] == 3 and other.head() == (1, T0)
+            assert other.meta() == {"ledger": "B"} and ledger.meta()["ledger"] == "test"
+            with ledger.writer_lock(timeout=1):
+                with other.writer_lock(timeout=1):  # a different ledger: not excluded
+                    pass
+        finally:
+            other.close()
+
+    def test_default_schema_and_missing_database(self, pg_database):
+        import uuid
+
+        import psycopg
+
+        server, _, _ = pg_database.rpartition("/")
+        name = f"clearing_test_new_{uuid.uuid4().hex[:8]}"
+        s = open_store(f"{server}/{name}")
+        try:
+            assert s.exists() is False
+            with pytest.raises(StoreError) as ei:
+                s.head()
+            assert ei.value.code == "store_missing" and f"database {name!r} does not exist" in ei.value.message
+            s.create({"k": "v"})  # creates the database, as SQLite creates its file
+            assert s.schema == "public" and s.meta() == {"k": "v"}
+            again = open_store(f"{server}/{name}?schema=public")
+            try:
+                again.append(recs(1, 2))
+                assert s.head()[0] == 2
+            finally:
+                again.close()
+        finally:
+            s.close()
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as con:
+                con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def test_concurrent_creates_of_a_missing_database(self, pg_database):
+        import uuid
+
+        import psycopg
+
+        server = pg_database.rpartition("/")[0]
+        name = f"clearing_test_race_{uuid.uuid4().hex[:8]}"
+        code = """
+            import sys, time
+            from events.store import open_store, StoreError
+            s = open_store(sys.argv[1]); t = float(sys.argv[2])
+            while time.time() < t: pass
+            try:
+                s.create({"who": sys.argv[3]}); print("created")
+            except StoreError as e:
+                print(e.code)
+            """
+        start = str(time.time() + 1.5)
+        try:
+            procs = [spawn_child(code, f"{server}/{name}", start, str(i)) for i in range(3)]
+            outs = []
+            for p in procs:
+                out, err = p.communicate(timeout=60)
+                assert p.returncode == 0, err
+                outs.append(out.strip())
+            assert sorted(outs) == ["created"] + ["store_exists"] * 2
+        finally:
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as con:
+                con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def test_unreachable_server_is_store_unavailable(self):
+        s = open_store("postgresql://nobody:secret@127.0.0.1:1/nothing")
+        try:
+            for call in (s.exists, s.head, lambda: s.create({})):
+                with pytest.raises(StoreError) as ei:
+                    call()
+                assert ei.value.code == "store_unavailable"
+                assert "secret" not in ei.value.message and "127.0.0.1:1" in ei.value.message
+        finally:
+            s.close()
+
+    def test_foreign_clearing_tables_are_store_invalid(self, store):
+        with self._admin() as con:
+            con.execute(f"CREATE SCHEMA {self.schema}")
+            con.execute(f"CREATE TABLE {self.schema}.clearing_meta (key text, value text)")
+        assert store.exists() is False
+        for call in (store.head, lambda: store.create({})):
+            with pytest.raises(StoreError) as ei:
+                call()
+            assert ei.value.code == "store_invalid"
+
+    def test_other_tables_in_the_schema_are_not_a_ledger(self, store):
+        with self._admin() as con:
+            con.execute(f"CREATE SCHEMA {self.schema}")
+            con.execute(f"CREATE TABLE {self.schema}.unrelated (x int)")
+        with pytest.raises(StoreError) as ei:
+            store.head()
+        assert ei.value.code == "store_missing"
+        store.create({})
+        assert store.head() == (0, 0)
+
+    def test_writer_lock_message_names_the_holder(self, ledger):
+        child = spawn_child(
+            """
+            import os, sys
+            from events.store import open_store
+            s = open_store(sys.argv[1])
+            with s.writer_lock(timeout=5):
+                print(os.getpid(), flush=True)
+                sys.stdin.readline()
+            """,
+            ledger.url,
+        )
+        try:
+            pid = int(child.stdout.readline())
+            with pytest.raises(StoreError) as ei:
+                with ledger.writer_lock(timeout=0.2):
+                    pass
+            assert ei.value.code == "store_locked"
+            assert f"clearing writer pid {pid}" in ei.value.message and "0.2 s" in ei.value.message
+        finally:
+            child.kill()
+            child.wait()
+
+    def test_writer_lock_waits_for_release(self, ledger):
+        child = spawn_child(
+            """
+            import sys, time
+            from events.store import open_store
+            s = open_store(sys.argv[1])
+            with s.writer_lock(timeout=5):
+                print("locked", flush=True)
+                time.sleep(0.7)
+            """,
+            ledger.url,
+        )
+        try:
+            assert child.stdout.readline().strip() == "locked"
+            t = time.monotonic()
+            with ledger.writer_lock(timeout=20):
+                waited = time.monotonic() - t
+            assert 0.2 < waited < 10
+        finally:
+            child.kill()
+            child.wait()
+
+    def test_two_appending_processes_never_interleave(self, ledger):
+        code = """
+            import sys
+            from events.store import LogRecord, StoreError, open_store
+            s = open_store(sys.argv[1]); w = sys.argv[2]
+            done = conflicts = 0
+            while done < 25:
+                h, ts = s.head()
+                batch = [LogRecord(h + i, ts, "deposit", f"{w}-{done}-{i}", f"{w}".encode(),
+                                   b"L" * 32, b"D" * 32) for i in range(1, 41)]
+                try:
+                    s.append(batch)
+                    done += 1
+                except StoreError as e:
+                    assert e.code == "append_conflict", e
+                    conflicts += 1
+            print(conflicts)
+            """
+        procs = [spawn_child(code, ledger.url, w) for w in ("A", "B")]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        got = all_records(ledger)
+        assert [r.seq for r in got] == list(range(1, 2001))
+        for i in range(0, 2000, 40):  # every append is whole and contiguous
+            assert len({r.payload for r in got[i:i + 40]}) == 1
+            assert {r.ref.rsplit("-", 1)[1] for r in got[i:i + 40]} == {str(k) for k in range(1, 41)}
+
+    def test_concurrent_creates_one_wins_and_other_schemas_succeed(self):
+        code = """
+            import sys, time
+            from events.store import open_store, StoreError
+            s = open_store(sys.argv[1]); t = float(sys.argv[2])
+            while time.time() < t: pass
+            try:
+                s.create({"who": sys.argv[3]}); print("created")
+            except StoreError as e:
+                print(e.code)
+            """
+        same = f"{self.database_url}?schema={self.schema}"
+        start = str(time.time() + 1.5)
+        procs = [spawn_child(code, same, start, str(i)) for i in range(4)]
+        procs += [spawn_child(code, f"{same}_{i}", start, str(i)) for i in range(4)]
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+            outs.append(out.strip())
+        assert sorted(outs[:4]) == ["created"] + ["store_exists"] * 3
+        assert outs[4:] == ["created"] * 4  # no "tuple concurrently updated"
+        s = open_store(same)
+        try:
+            assert s.meta()["who"] in {"0", "1", "2", "3"}
+        finally:
+            s.close()
+
+
+class TestPostgresURL:
+    """URL forms (no server needed)."""
+
+    def test_forms(self):
+        from events.postgres_store import parse_url
+
+        loc = parse_url("postgresql://alice@db.example:6543/ledger")
+        assert (loc.user, loc.password, loc.host, loc.port, loc.dbname, loc.schema) == \
+               ("alice", None, "db.example", 6543, "ledger", None)
+        loc = parse_url("postgres://bob:p%40ss%2Fw@127.0.0.1/ledger%20x?schema=desk_1")
+        assert (loc.user, loc.password, loc.host, loc.port, loc.dbname, loc.schema) == \
+               ("bob", "p@ss/w", "127.0.0.1", 5432, "ledger x", "desk_1")
+        assert "p@ss" not in loc.display() and ":***@" in loc.display()
+        loc = parse_url("postgresql://[::1]:5433/l?sslmode=require&connect_timeout=3")
+        assert (loc.host, loc.port, loc.extra) == ("::1", 5433, {"sslmode": "require", "connect_timeout": "3"})
+        loc = parse_url("postgresql:///l?host=/var/run/postgresql")
+        assert (loc.user, loc.host, loc.dbname) == (None, "/var/run/postgresql", "l")
+
+    @pytest.mark.parametrize("bad", [
+        "postgresql://u@h:5432/",                # no database
+        "postgresql://u@h:5432/a/b",
+        "postgresql://u@h:99999/db",             # bad port
+        "postgresql://u@h/db?schema=Bad-Name",   # not a lowercase identifier
+        "postgresql://u@h/db?schema=",
+        "postgresql://u@h/db?bogus=1",
+        "mysql://u@h/db",
+    ])
+    def test_bad_urls(self, bad):
+        from events.postgres_store import parse_url
+
+        with pytest.raises(ValueError):
+            parse_url(bad)
+        if bad.startswith("postgres"):
+            with pytest.raises(StoreError) as ei:
+                open_store(bad)
+            assert ei.value.code == "bad_store_url"
+
+    def test_writer_keys_differ_per_schema(self):
+        from events.postgres_store import advisory_key
+
+        keys = {advisory_key("writer", s) for s in ("public", "a", "b")} | {advisory_key("create")}
+        assert len(keys) == 4 and all(-2**63 <= k < 2**63 for k in keys)
