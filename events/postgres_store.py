@@ -813,7 +813,7 @@ class PostgresLogStore(LogStore):
                 except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
                     break  # a concurrent creator made it
                 except psycopg.errors.ObjectInUse:
-                    time.sleep(0.1)  # the template is being copied by a concurrent creator
+                    time.sleep(0.1)  # float-ok: seconds (the template is being copied by a concurrent creator)
                 except psycopg.Error as e:
                     raise StoreError(
                         "store_missing",
@@ -1047,7 +1047,7 @@ class PostgresLogStore(LogStore):
             raise StoreError("append_invalid", f"checkpoint size {size} is beyond the head {head}")
 
     @contextmanager
-    def writer_lock(self, timeout: float = 10.0) -> Iterator[None]:
+    def writer_lock(self, timeout: float = 10.0) -> Iterator[None]:  # float-ok: seconds
         self._require()
         key = advisory_key("writer", self.schema or "")
         name = f"clearing writer pid {os.getpid()} on {socket.gethostname()}"[:63]
@@ -1072,10 +1072,10 @@ class PostgresLogStore(LogStore):
             conn.close()
 
     @staticmethod
-    def _try_lock(conn: psycopg.Connection, key: int, timeout: float) -> bool:
+    def _try_lock(conn: psycopg.Connection, key: int, timeout: float) -> bool:  # float-ok: seconds
         if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
             return True
-        ms = int(timeout * 1000)
+        ms = int(timeout * 1000)  # float-ok: seconds to ms
         if ms <= 0:
             return False
         try:

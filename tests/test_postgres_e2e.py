@@ -199,7 +199,7 @@ _HOLDER = """
     """
 
 
-def _hold_writer_lock(url: str, seconds: float) -> subprocess.Popen:
+def _hold_writer_lock(url: str, seconds: float) -> subprocess.Popen:  # float-ok: seconds
     env = dict(clean_env(), PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_HOLDER), url, str(seconds)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
@@ -209,14 +209,14 @@ def _hold_writer_lock(url: str, seconds: float) -> subprocess.Popen:
 
 def test_second_ingest_waits_for_the_writer(ledgers):
     sq, pg, url, _ = ledgers
-    holder = _hold_writer_lock(url, 1.5)
+    holder = _hold_writer_lock(url, 1.5)  # float-ok: seconds
     try:
         t = time.monotonic()
         code, out, err = _run_cli("ingest", "--json", *_pg(url), TEN_LINES, cwd=pg)
         waited = time.monotonic() - t
         assert code == 0, err
         assert json.loads(out)["duplicates"] == 10
-        assert waited >= 0.5  # it waited for the holder instead of writing beside it
+        assert waited >= 0.5  # float-ok: seconds; it waited for the holder instead of writing beside it
     finally:
         holder.kill()
         holder.wait()
