@@ -64,9 +64,11 @@ def init_ledger(url: str, origin: str, key_file: str | None) -> str:
             raise StoreError("key_file", f"cannot write key file {path}: {exc.strerror}") from exc
         try:
             store.create({"origin": origin, "rules": RULES, "verifier_key": verifier})
-        except OSError as exc:
-            os.unlink(path)
-            raise StoreError("store_path", f"cannot create {url}: {exc.strerror}") from exc
+        except BaseException as exc:
+            os.unlink(path)  # no ledger, so no key: a later `init` can start afresh
+            if isinstance(exc, OSError):
+                raise StoreError("store_path", f"cannot create {url}: {exc.strerror}") from exc
+            raise
         return verifier
     finally:
         store.close()
