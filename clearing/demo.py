@@ -332,7 +332,7 @@ def run_demo(directory: str | None = None, seed: int = SEED) -> dict:
 MOMENTS = {
     "before the crash": f"{DAY}T14:01:59Z",
     "after the crash": f"{DAY}T{UNWIND_AT}Z",
-    "after unwinding": f"{DAY}T15:00:00Z",
+    "an hour later": f"{DAY}T15:00:00Z",
 }
 
 
