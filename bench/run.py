@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 
-import msgspec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -871,7 +871,7 @@ class _Walk:
             rules.append("R10.6")
             lines.append(f"R10.6: R > 0: auto-deleveraging against the counterparties (seq "
                          f"{', '.join(map(str, following))}).")
-        lines.append(f"The account ends with no positions, no collateral and cash 0.")
+        lines.append("The account ends with no positions, no collateral and cash 0.")
         derived = {
             "equity": money(v.equity), "maintenance_margin": money(v.maintenance_margin),
             "deficit": money(deficit), "insurance_fund": money(fund), "cover": money(cover),
