@@ -204,13 +204,26 @@ class Ingestor:
             self.last_snapshot = self.state.seq
 
 
-def update_read_model(store: LogStore) -> int:
-    """Bring the read model beside an SQLite store (<store>.read.db) up to the log's head."""
+def read_model_path(store: LogStore) -> str | None:
+    """Where the read model of a ledger lives: ``CLEARING_READ_MODEL`` if set, else beside an
+    SQLite store (``<store>.read.db``). A PostgreSQL ledger keeps its read model in a local
+    SQLite file too (one per reader, any SQLite tool opens it), but only where it is named."""
+    named = os.environ.get("CLEARING_READ_MODEL")
+    if named:
+        return named
     if store.url.startswith(("postgresql://", "postgres://")):
-        return 0  # a PostgreSQL ledger names its read model explicitly (a later issue)
-    from projections.readmodel import ReadModel, default_path  # sqlite-utils: import when used
+        return None
+    return store.url + ".read.db"
 
-    with ReadModel(default_path(store.url)) as model:
+
+def update_read_model(store: LogStore) -> int:
+    """Bring the ledger's read model (see ``read_model_path``) up to the log's head."""
+    path = read_model_path(store)
+    if path is None:
+        return 0
+    from projections.readmodel import ReadModel  # sqlite-utils: import when used
+
+    with ReadModel(path) as model:
         return model.catch_up(store)
 
 

@@ -235,3 +235,20 @@ def test_second_ingest_is_refused_with_a_clear_message(ledgers):
         holder.wait()
     code, out, err = _run_cli("state", "--json", *_pg(url), cwd=pg)
     assert code == 0 and json.loads(out)["seq"] == 11  # nothing was written
+
+
+def test_read_model_of_a_postgres_ledger_is_a_local_sqlite_file_when_named(ledgers, tmp_path):
+    """README: a PostgreSQL ledger keeps its read model in a local SQLite file named by
+    CLEARING_READ_MODEL; its tables equal those beside the SQLite ledger."""
+    import sqlite3
+
+    sq, pg, pg_url, _ = ledgers
+    path = tmp_path / "pg.read.db"
+    code, out, err = _run_cli("ingest", *_pg(pg_url, "--json"), TEN_LINES, cwd=pg,
+                              env={"CLEARING_READ_MODEL": str(path)})
+    assert code == 0, err
+    assert json.loads(out)["duplicates"] == 10
+    query = "select account, equity, initial_margin, maintenance_margin from accounts order by account"
+    with sqlite3.connect(path) as a, sqlite3.connect(sq / "clearing.db.read.db") as b:
+        assert a.execute(query).fetchall() == b.execute(query).fetchall()
+        assert a.execute("select count(*) from events").fetchone()[0] == 11
