@@ -42,7 +42,7 @@ class Market:
     imf: str
     mmf: str
     lf: str
-    volatility: float  # per-tick relative step; float-ok (random walk of the generator only)
+    volatility: float  # float-ok: a per-tick relative step of the generator's random walk only
 
 
 class Generator:
