@@ -17,13 +17,13 @@ from events.parse import Malformed, parse_line
 from events.store import LogRecord, LogStore, StoreError, open_store
 from events.timestamps import parse_ts
 from projections import history, snapshot
+from projections.report import RULES
 from projections.state import LedgerState
 
 from clearing import keys
 from clearing.engine import Engine
 from clearing.validate import FileChecker, content_lines, split_file
 
-RULES = "clearing-rulebook/1"
 _ORIGIN_RE = re.compile(r"^[\x21-\x2a\x2c-\x7e]+\Z")  # C2SP signed-note key name: no space, no "+"
 DEFAULT_STORE = "clearing.db"
 BATCH_EVENTS = 4096  # events per commit (group commit; one commit per input is far too slow)
@@ -129,6 +129,7 @@ class Ingestor:
         snap = store.latest_snapshot(self.state.seq)
         self.last_snapshot = snap[0] if snap else 0
         self.pending: list[LogRecord] = []
+        self.digests: dict[str, bytes] = {}
 
     def check_file(self, name: str, data: bytes) -> tuple[list[s.Input], int, FileError | None]:
         """R3.3 / interfaces §3.1: check every line as if the earlier good ones were recorded."""
@@ -142,6 +143,7 @@ class Ingestor:
         ids = [p.id for _, p in parsed if not isinstance(p, Malformed)]
         recorded = {i: digest for i, (_seq, digest) in self.store.find_inputs(ids).items()}
         checker = FileChecker.for_state(self.state, recorded)
+        self.digests = checker.seen  # id -> content digest of each line to append (R3.4)
         errors = FileError(name)
         accepted: list[s.Input] = []
         duplicates = 0
@@ -170,7 +172,7 @@ class Ingestor:
             records = self.pending
             records.append(
                 LogRecord(inp.seq, state.ts_us, inp.__struct_config__.tag, inp.id, payload,
-                          leaf_hash(payload), content_digest(inp))
+                          leaf_hash(payload), self.digests.get(inp.id) or content_digest(inp))
             )
             for dec in decisions:
                 payload = canonical(dec)
@@ -231,12 +233,21 @@ def _with_seq(inp: s.Input, seq: int) -> s.Input:
     return msgspec.structs.replace(inp, seq=seq)
 
 
+def instant(text: str | None, option: str = "--at") -> int | None:
+    """A timestamp given on the command line, in microseconds (R3.2: compared as instants);
+    None passes through. Not a timestamp: StoreError("bad_ts") naming the option."""
+    if text is None:
+        return None
+    ts_us = parse_ts(text)
+    if ts_us is None:
+        raise StoreError("bad_ts", f"{option}: not an RFC 3339 UTC timestamp: {text!r}")
+    return ts_us
+
+
 def state_at(store: LogStore, seq: int | None = None, ts: str | None = None) -> LedgerState:
     """R3.7: the state at sequence N, at time T, or now."""
-    if ts is not None:
-        ts_us = parse_ts(ts)
-        if ts_us is None:
-            raise StoreError("bad_ts", f"not an RFC 3339 UTC timestamp: {ts!r}")
+    ts_us = instant(ts)
+    if ts_us is not None:
         return history.state_at_time(store, ts_us)
     head = store.head()[0]
     if seq is None:

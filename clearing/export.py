@@ -24,7 +24,7 @@ from typing import NamedTuple
 import click
 
 from events.store import LogStore, StoreError
-from events.timestamps import format_ts, parse_ts
+from events.timestamps import format_ts
 from projections import history
 from projections.readmodel import ReadModel
 
@@ -120,9 +120,7 @@ def _link(tmp: str, path: str) -> None:
 @json_option
 def export(store: str | None, at: str, output: str, as_json: bool) -> None:
     """Write a standalone SQLite snapshot of the read model at a time."""
-    ts_us = parse_ts(at)
-    if ts_us is None:
-        raise StoreError("bad_ts", f"not an RFC 3339 UTC timestamp: {at!r}")
+    ts_us = app.instant(at)
     ledger = app.open_ledger(app.store_url(store))
     try:
         result = export_snapshot(ledger, ts_us, output)

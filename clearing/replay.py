@@ -29,7 +29,6 @@ from events import schema as s
 from events.canonical import decode
 from events.numbers import fmt_units
 from events.store import LogStore, StoreError
-from events.timestamps import parse_ts
 from projections.history import state_at_seq
 from projections.state import LedgerState, is_system
 from projections.valuation import Valuation, value
@@ -310,13 +309,7 @@ def replay(store: LogStore, account: str | None = None, from_ts: str | None = No
     return Timeline(store, account, from_ts, to_ts)
 
 
-def _instant(ts: str | None, option: str) -> int | None:
-    if ts is None:
-        return None
-    ts_us = parse_ts(ts)
-    if ts_us is None:
-        raise StoreError("bad_ts", f"{option}: not an RFC 3339 UTC timestamp: {ts!r}")
-    return ts_us
+_instant = app.instant
 
 
 def _ref(event: s.Event) -> str:

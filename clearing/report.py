@@ -46,7 +46,7 @@ from projections.valuation import value
 
 from clearing import app
 
-RULES = "clearing-rulebook/1"
+from projections.report import RULES
 MAX_ROWS = 20_000  # events table rows kept (the charts always show the whole period)
 MAX_EXPLAINED = 500  # decisions explained in full
 MAX_EXPLANATION_LINES = 80  # lines of one explanation (a funding settlement lists every holder)
@@ -932,13 +932,7 @@ def build_report(store: LogStore, account: str, from_ts: str | None, to_ts: str 
     return render(store, period)
 
 
-def _parse(text: str | None, option: str) -> int | None:
-    if text is None:
-        return None
-    ts_us = parse_ts(text)
-    if ts_us is None:
-        raise StoreError("bad_ts", f"{option}: not an RFC 3339 UTC timestamp: {text!r}")
-    return ts_us
+_parse = app.instant
 
 
 @click.command("report")

@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives import serialization
 
 from events import merkle, verifier
 from events.store import LogStore, StoreError
-from events.timestamps import format_ts, parse_ts
+from events.timestamps import format_ts
 from projections import history, statetree
 
 from clearing import keys
+from clearing.app import instant
 
 PROOF_FORMAT = "clearing-state-proof/1"
 
@@ -63,6 +64,7 @@ class TLog:
     def __init__(self, store: LogStore) -> None:
         self.store = store
         self.nodes = merkle.store_nodes(store)
+        self._stored: list[Checkpoint] | None = None  # verified once; this TLog appends to it
         self.meta = store.meta()
 
     def root(self, size: int) -> bytes:
@@ -93,6 +95,8 @@ class TLog:
 
     def stored(self) -> list[Checkpoint]:
         """The stored checkpoints; one whose signature fails is tampering, never ignored."""
+        if self._stored is not None:
+            return self._stored
         out = []
         for size, note in self.store.checkpoints():
             text = verifier.verify_note(note, self.meta["verifier_key"])
@@ -106,6 +110,7 @@ class TLog:
             state = [e for e in cp.extensions if e.startswith("state ")]
             state_root = base64.b64decode(state[0][6:]) if state else b""
             out.append(Checkpoint(cp.size, cp.root, state_root, note))
+        self._stored = out
         return out
 
     def latest(self) -> Checkpoint | None:
@@ -150,9 +155,11 @@ class TLog:
                 )
         state_root = statetree.state_root(self.verified_state(size, root))
         note = sign_note(checkpoint_text(self.meta["origin"], size, root, state_root), name, private)
+        signed = Checkpoint(size, root, state_root, note)
         if all(other.note != note for other in self.stored()):  # Ed25519 signing is deterministic
             self.store.put_checkpoint(size, note)
-        return Checkpoint(size, root, state_root, note)
+            self.stored().append(signed)
+        return signed
 
     def prove(self, account: str, seq: int, at: str, key_path: str) -> dict:
         """The clearing-state-proof/1 document for ``account`` at ``seq`` (interfaces §5)."""
@@ -199,10 +206,8 @@ class TLog:
 def resolve_point(store: LogStore, at: str | None, seq: int | None) -> tuple[int, str]:
     """(seq, at) for `prove`: ``--at T`` gives the last event with ts <= T (R3.7); ``--seq N``
     (or nothing: the head) gives that event and its own ts."""
-    if at is not None:
-        ts_us = parse_ts(at)
-        if ts_us is None:
-            raise StoreError("bad_ts", f"not an RFC 3339 UTC timestamp: {at!r}")
+    ts_us = instant(at)
+    if ts_us is not None:
         return history.seq_at_time(store, ts_us), format_ts(ts_us)
     head, _ = store.head()
     n = head if seq is None else seq

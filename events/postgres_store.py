@@ -856,13 +856,6 @@ class PostgresLogStore(LogStore):
         sql = self._get_recorder().packed_payloads_statement
         return self._pages(sql, after_seq, upto_seq, batch, _unpack_payloads)
 
-    def _pages(self, sql, after_seq, upto_seq, batch, make) -> Iterator[list]:
-        if batch < 1:
-            raise ValueError("batch must be >= 1")
-        if upto_seq is None:
-            upto_seq = self.head()[0]  # pin the end: a whole-transaction boundary
-        return self._iter_pages(sql, after_seq, upto_seq, batch, make)
-
     def _iter_pages(self, sql, after, upto, batch, unpack) -> Iterator[list]:
         while after < upto:
             with self._cursor() as cur:  # one statement per page: one snapshot

@@ -425,13 +425,6 @@ class SQLiteLogStore(LogStore):
         sql = self._get_recorder().select_payloads_statement
         return self._pages(sql, after_seq, upto_seq, batch, None)
 
-    def _pages(self, sql, after_seq, upto_seq, batch, make) -> Iterator[list]:
-        if batch < 1:
-            raise ValueError("batch must be >= 1")
-        if upto_seq is None:
-            upto_seq = self.head()[0]  # pin the end: a whole-transaction boundary
-        return self._iter_pages(sql, after_seq, upto_seq, batch, make)
-
     def _iter_pages(self, sql, after, upto, batch, make) -> Iterator[list]:
         while after < upto:
             with self._tx() as cur:

@@ -184,6 +184,18 @@ class LogStore(abc.ABC):
     def close(self) -> None:
         """Release connections. Idempotent."""
 
+    def _pages(self, sql, after_seq, upto_seq, batch, make) -> Iterator[list]:
+        """The pages of a read, its end pinned to the head when it starts, so a read always
+        stops on a whole-append boundary (both stores read this way)."""
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        if upto_seq is None:
+            upto_seq = self.head()[0]
+        return self._iter_pages(sql, after_seq, upto_seq, batch, make)
+
+    def _iter_pages(self, sql, after, upto, batch, make) -> Iterator[list]:
+        raise NotImplementedError
+
     def __enter__(self) -> "LogStore":
         return self
 
