@@ -63,7 +63,7 @@ from events.parse import Malformed, parse_line
 from events.store import LOG_ID, LogStore, StoreError
 from events.timestamps import parse_ts
 from projections import snapshot
-from projections.state import EXTERNAL, SYSTEM_ACCOUNTS, LedgerState, is_system
+from projections.state import EXTERNAL, SYSTEM_ACCOUNTS, LedgerState, clone_state, is_system
 from projections.valuation import collateral_value, margin_term, value
 
 from clearing.engine import Engine
@@ -401,8 +401,8 @@ def _continue_at(state: LedgerState, seq: int) -> None:
 
 
 def _clone(state: LedgerState) -> LedgerState:
-    """An independent copy (through the snapshot codec, which rebuilds every index)."""
-    copy = snapshot.decode(snapshot.encode(state))
+    """An independent copy of the state."""
+    copy = clone_state(state)
     copy.touched.clear()
     return copy
 

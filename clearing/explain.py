@@ -22,7 +22,6 @@ Readings (rulebook preamble: written down where they are used):
 
 from __future__ import annotations
 
-import copy
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -37,7 +36,7 @@ from events.canonical import canonical
 from events.numbers import fmt_units, units_of
 from events.store import LogStore, StoreError
 from projections.history import state_at_seq
-from projections.state import INSURANCE, Account, AssetInfo, InstrumentInfo, LedgerState, is_system
+from projections.state import INSURANCE, Account, LedgerState, clone_state, copy_value, is_system
 from projections.valuation import (
     collateral_value, gross_notional, maintenance_contribution, margin_term, notional, value,
 )
@@ -51,44 +50,6 @@ __all__ = ["Explanation", "clone_state", "explain", "explain_command", "explain_
 
 
 # --- copies of the state ----------------------------------------------------------------------
-def clone_state(state: LedgerState, listings: bool = True) -> LedgerState:
-    """An independent copy of a state, for re-running an input without touching the original.
-
-    Much faster than a snapshot round trip (the re-run of every decision of a long log clones
-    thousands of times). Known attributes are copied by hand, any other one by its kind, so the
-    copy keeps up with attributes added later. With ``listings`` False the asset and instrument
-    records are shared: only a listing input changes them (R4.2, R4.3).
-    """
-    new = LedgerState.__new__(LedgerState)
-    for name, val in vars(state).items():
-        if name == "accounts":
-            val = {k: Account(a.id, a.cash, dict(a.balances), dict(a.positions)) for k, a in val.items()}
-        elif name in ("holders", "collateral_holders"):
-            val = {k: set(v) for k, v in val.items()}
-        elif name in ("assets", "instruments"):
-            val = {k: copy.copy(v) for k, v in val.items()} if listings else dict(val)
-        else:
-            val = _copy(val)
-        setattr(new, name, val)
-    return new
-
-
-def _copy(val: Any) -> Any:
-    if val is None or isinstance(val, (int, str, bool)):
-        return val
-    if isinstance(val, dict):
-        return {k: _copy(v) for k, v in val.items()}
-    if isinstance(val, set):
-        return set(val)
-    if isinstance(val, list):
-        return [_copy(v) for v in val]
-    if isinstance(val, Account):
-        return Account(val.id, val.cash, dict(val.balances), dict(val.positions))
-    if isinstance(val, (AssetInfo, InstrumentInfo)):
-        return copy.copy(val)
-    return copy.deepcopy(val)
-
-
 # --- the result -------------------------------------------------------------------------------
 @dataclass
 class Explanation:
@@ -311,7 +272,7 @@ class _Walk:
             acct = state.accounts.get(account_id)
             pre["exists"][account_id] = acct is not None
             if acct is not None:
-                pre["holdings"][account_id] = _copy(acct)
+                pre["holdings"][account_id] = copy_value(acct)
         if isinstance(inp, s.Withdrawal):
             pre["check"] = _outflow_check(state, inp.account, inp.asset, inp.amount, "R7.2")
         elif isinstance(inp, s.Transfer):
@@ -1128,7 +1089,7 @@ def _outflow_check(state: LedgerState, account_id: str, asset: str, amount: str,
         checks.append({"check": "margin", "rule": "R11.2", "account": account_id, "skipped": True,
                        "passes": True})
         return out
-    hypothetical = _copy(acct)
+    hypothetical = copy_value(acct)
     if asset == state.settlement:
         hypothetical.cash -= units
     elif balance - units:
@@ -1196,7 +1157,7 @@ def _trade_check(state: LedgerState, inp: s.Trade) -> dict[str, Any]:
             continue
         # R8.4: only reducing (strictly smaller, not crossing; to zero included) always passes.
         reduction = before != 0 and abs(after) < abs(before) and (after == 0 or (after > 0) == (before > 0))
-        hypothetical = _copy(acct)
+        hypothetical = copy_value(acct)
         hypothetical.cash += change
         if after:
             hypothetical.positions[inp.instrument] = after

@@ -11,8 +11,9 @@ methods, so the state folded from the log and the engine's live state cannot dri
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from events import schema as s
 from events.numbers import fraction, units_of
@@ -308,6 +309,44 @@ _DECISION_HANDLERS = {
     s.Deleverage: LedgerState._deleverage,
     s.FundingSettled: LedgerState._funding_settled,
 }
+
+
+def clone_state(state: LedgerState, listings: bool = True) -> LedgerState:
+    """An independent copy of a state, for re-running an input without touching the original.
+
+    Much faster than a snapshot round trip (the re-run of every decision of a long log clones
+    thousands of times). Known attributes are copied by hand, any other one by its kind, so the
+    copy keeps up with attributes added later. With ``listings`` False the asset and instrument
+    records are shared: only a listing input changes them (R4.2, R4.3).
+    """
+    new = LedgerState.__new__(LedgerState)
+    for name, val in vars(state).items():
+        if name == "accounts":
+            val = {k: Account(a.id, a.cash, dict(a.balances), dict(a.positions)) for k, a in val.items()}
+        elif name in ("holders", "collateral_holders"):
+            val = {k: set(v) for k, v in val.items()}
+        elif name in ("assets", "instruments"):
+            val = {k: copy.copy(v) for k, v in val.items()} if listings else dict(val)
+        else:
+            val = copy_value(val)
+        setattr(new, name, val)
+    return new
+
+
+def copy_value(val: Any) -> Any:
+    if val is None or isinstance(val, (int, str, bool)):
+        return val
+    if isinstance(val, dict):
+        return {k: copy_value(v) for k, v in val.items()}
+    if isinstance(val, set):
+        return set(val)
+    if isinstance(val, list):
+        return [copy_value(v) for v in val]
+    if isinstance(val, Account):
+        return Account(val.id, val.cash, dict(val.balances), dict(val.positions))
+    if isinstance(val, (AssetInfo, InstrumentInfo)):
+        return copy.copy(val)
+    return copy.deepcopy(val)
 
 
 class Folder:
