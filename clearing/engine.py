@@ -60,15 +60,31 @@ def process(state: LedgerState, inp: s.Input, screen: Screen | None = None) -> l
         decider.record(s.Rejected, reason=reason, account=account, rule=rule, figures=figures)
         return decider.decisions
     state.apply_input(inp)
-    if screen is not None and type(inp) is s.Price:
+    kind = type(inp)
+    if screen is not None and kind is s.Trade:
+        # R10.1 for a trade: only its two parties can have become liquidatable. Each is valued
+        # once here; when neither is liquidatable (R6.7) the pass would handle nothing, and the
+        # screen re-bounds both from these same valuations (nothing moved since).
+        fresh = {}
+        for party in (inp.buyer, inp.seller):
+            if not is_system(party):
+                v = value(state, state.accounts[party])
+                if v.equity < v.maintenance_margin:
+                    Pass(decider).run({inp.buyer, inp.seller})
+                    fresh = {}
+                    break
+                fresh[party] = v
+        screen.refresh(set(), fresh)
+        return decider.decisions
+    if screen is not None and kind is s.Price:
         candidates = screen.crossed(inp.asset, state.marks[inp.asset])
     else:
-        candidates = _AFTER[type(inp)](decider, inp)
+        candidates = _AFTER[kind](decider, inp)
     if candidates:
         Pass(decider).run(candidates)
     if screen is not None:
         # Listings change requirements without moving anything: re-bound their holders too.
-        screen.refresh(candidates if type(inp) in (s.Asset, s.Instrument, s.Price) else set())
+        screen.refresh(candidates if kind in (s.Asset, s.Instrument, s.Price) else set())
     return decider.decisions
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 
 from projections.state import LedgerState, is_system
-from projections.valuation import value
+from projections.valuation import Valuation, value
 
 
 class Screen:
@@ -34,6 +34,7 @@ class Screen:
         self.falls: dict[str, list[tuple[int, int, str]]] = {}  # asset -> heap of (−floor, v, h)
         self.rises: dict[str, list[tuple[int, int, str]]] = {}  # asset -> heap of (ceiling, v, h)
         self.always: dict[str, set[str]] = {}  # asset -> accounts with no allowance left
+        self.always_of: dict[str, set[str]] = {}  # account -> the assets it is "always" on
         self.live = 0
         self.refreshes = 0
         self.rebuild()
@@ -43,62 +44,84 @@ class Screen:
         self.falls.clear()
         self.rises.clear()
         self.always.clear()
+        self.always_of.clear()
         self.live = 0
         for account_id in self.state.accounts:
             if not is_system(account_id):
                 self.bound(account_id)
         self.state.touched.clear()
 
-    def bound(self, account_id: str) -> None:
-        """Recompute the account's price bands from an exact valuation at the current marks."""
+    def bound(self, account_id: str, v: Valuation | None = None) -> None:
+        """Recompute the account's price bands from an exact valuation at the current marks
+        (``v``, when the caller has just computed it on the unchanged state)."""
         state = self.state
         version = self.version.get(account_id, 0) + 1
         self.version[account_id] = version
-        for group in self.always.values():
-            group.discard(account_id)
+        groups = self.always_of.pop(account_id, None)
+        if groups:
+            for asset in groups:
+                self.always[asset].discard(account_id)
         acct = state.accounts[account_id]
-        slopes: dict[str, tuple[int, int]] = {}  # asset -> (lower, upper) bound of the slope
+        slopes: dict[str, list[int]] = {}  # asset -> [lower, upper] bound of the slope
         terms = 0
+        instruments = state.instruments
         for instrument, qty in acct.positions.items():
-            info = state.instruments[instrument]
+            info = instruments[instrument]
             # q·ns − |q|·ns·MMF per price unit: exact integer part minus a fraction in [0, ...)
             linear = qty * info.notional_scale
-            mm = abs(linear) * info.mmf_num
-            lo, hi = slopes.get(info.underlying, (0, 0))
-            slopes[info.underlying] = (
-                lo + linear - (-(-mm // info.mmf_den)),
-                hi + linear - mm // info.mmf_den,
-            )
+            mm = (linear if linear > 0 else -linear) * info.mmf_num
+            den = info.mmf_den
+            pair = slopes.get(info.underlying)
+            if pair is None:
+                slopes[info.underlying] = [linear + (-mm // den), linear - mm // den]
+            else:
+                pair[0] += linear + (-mm // den)
+                pair[1] += linear - mm // den
             terms += 1
-        for asset, units in acct.balances.items():
-            if units <= 0 or asset not in state.marks:
-                continue  # no mark yet: a first mark can only add collateral value (R5.2)
-            info = state.assets[asset]
-            num = units * (info.haircut_den - info.haircut_num) * 10**state.scale
-            den = 10 ** (info.decimals + info.price_decimals) * info.haircut_den
-            lo, hi = slopes.get(asset, (0, 0))
-            slopes[asset] = (lo + num // den, hi - (-num // den))
-            terms += 1
+        if acct.balances:
+            marks = state.marks
+            for asset, units in acct.balances.items():
+                if units <= 0 or asset not in marks:
+                    continue  # no mark yet: a first mark can only add collateral value (R5.2)
+                info = state.assets[asset]
+                num = units * (info.haircut_den - info.haircut_num) * 10**state.scale
+                den = 10 ** (info.decimals + info.price_decimals) * info.haircut_den
+                pair = slopes.get(asset)
+                if pair is None:
+                    slopes[asset] = [num // den, -(-num // den)]
+                else:
+                    pair[0] += num // den
+                    pair[1] -= -num // den
+                terms += 1
         if not slopes:
             return
-        v = value(state, acct)
+        if v is None:
+            v = value(state, acct)
         allowance = v.equity - v.maintenance_margin - terms
         moving = [(a, lo, hi) for a, (lo, hi) in slopes.items() if lo or hi]
         if allowance < 0 or not moving:
             # Too close to call (or only rounding can move it): value it on every price event.
+            self.always_of[account_id] = set(slopes)
             for asset in slopes:
                 self.always.setdefault(asset, set()).add(account_id)
             return
         share = allowance // len(moving)
+        marks = state.marks
         for asset, lo, hi in moving:
-            mark = state.marks[asset]
-            steep = max(abs(lo), abs(hi), 1)
+            mark = marks[asset]
+            steep = max(-lo if lo < 0 else lo, hi if hi > 0 else -hi, 1)
             band = share // steep  # price units the mark may move against the account
             self.live += 1
             if hi > 0:  # the slope may be positive: loses when the price falls
-                heapq.heappush(self.falls.setdefault(asset, []), (-(mark - band), version, account_id))
+                heap = self.falls.get(asset)
+                if heap is None:
+                    heap = self.falls[asset] = []
+                heapq.heappush(heap, (band - mark, version, account_id))
             if lo < 0:  # the slope may be negative: loses when the price rises
-                heapq.heappush(self.rises.setdefault(asset, []), (mark + band, version, account_id))
+                heap = self.rises.get(asset)
+                if heap is None:
+                    heap = self.rises[asset] = []
+                heapq.heappush(heap, (mark + band, version, account_id))
 
     def crossed(self, asset: str, price: int) -> set[str]:
         """The accounts whose band on ``asset`` the new mark leaves (to be valued exactly)."""
@@ -116,12 +139,14 @@ class Screen:
                 found.add(account_id)
         return found
 
-    def refresh(self, accounts: set[str]) -> None:
-        """Re-bound the given accounts and every account touched since the last refresh."""
+    def refresh(self, accounts: set[str], fresh: dict[str, Valuation] | None = None) -> None:
+        """Re-bound the given accounts and every account touched since the last refresh
+        (``fresh``: exact valuations at the current state, reused)."""
         touched = self.state.touched
-        for account_id in accounts | touched:
+        get = fresh.get if fresh else {}.get
+        for account_id in (accounts | touched) if accounts else touched:
             if not is_system(account_id):
-                self.bound(account_id)
+                self.bound(account_id, get(account_id))
         touched.clear()
         self.refreshes += 1
         if self.refreshes % 1024 == 0:

@@ -41,8 +41,24 @@ def places(text: str) -> int:
     return 0 if point < 0 else len(text) - point - 1
 
 
+_units_cache: dict[tuple[str, int], int | None] = {}  # prices and sizes repeat
+
+
 def to_units(text: str, scale: int) -> int | None:
     """A normalised decimal as an integer count of 10^-scale, or None when off that grid (R1.4)."""
+    key = (text, scale)
+    try:
+        return _units_cache[key]
+    except KeyError:
+        pass
+    units = _to_units(text, scale)
+    if len(_units_cache) > 65536:
+        _units_cache.clear()
+    _units_cache[key] = units
+    return units
+
+
+def _to_units(text: str, scale: int) -> int | None:
     negative = text.startswith("-")
     if negative:
         text = text[1:]

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import msgspec
 
 from events import schema
-from events.numbers import MAX_FRACTION_PLACES, fraction, normalize, places
+from events.numbers import MAX_FRACTION_PLACES, fraction, places
 from events.timestamps import normalize_ts
 
 __all__ = ["CODES", "Malformed", "parse_line", "show_value"]
@@ -295,14 +295,23 @@ def _plain(text: str) -> str:
 
 
 def _normalise(inp: schema.Input) -> schema.Input | Malformed:
-    """R1.1 normal form of every decimal, R3.2 normal form of ``ts``."""
+    """R1.1 normal form of every decimal, R3.2 normal form of ``ts``.
+
+    The schema's patterns (events/schema.py) have already checked the R1.1 form of each
+    decimal, so only trailing zeros, a negative zero and the digit bound remain to be seen."""
     changes: dict[str, str] = {}
     for name in _DECIMALS_OF[type(inp)]:
         value = getattr(inp, name)
-        normal = normalize(value)
-        if normal is None:  # the pattern passed, so this is a negative zero
+        normal = value
+        if "." in value:
+            if value[-1] == "0":
+                normal = value.rstrip("0").rstrip(".")
+            whole = normal.partition(".")[0]
+        else:
+            whole = value
+        if normal == "-0":  # the pattern passed, so this is a negative zero
             return Malformed("bad_decimal", f"`{name}`: negative zero {show_value(value)} (R1.1)")
-        if len(normal.partition(".")[0].lstrip("-")) > MAX_INTEGER_DIGITS:
+        if len(whole) > MAX_INTEGER_DIGITS and len(whole.lstrip("-")) > MAX_INTEGER_DIGITS:
             return Malformed(
                 "out_of_range",
                 f"`{name}`: more than {MAX_INTEGER_DIGITS} digits before the point (R3.3)",

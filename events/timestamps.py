@@ -13,36 +13,41 @@ from datetime import datetime, timedelta, timezone
 TS_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z\Z"
 _TS_RE = re.compile(TS_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_cache: dict[str, int] = {}  # recent timestamps: inputs arrive in runs of equal ts
+_days: dict[str, int | None] = {}  # "YYYY-MM-DD" -> days since the epoch, None if no such day
+
+
+def _day(text: str) -> int | None:
+    try:
+        return _days[text]
+    except KeyError:
+        pass
+    try:  # month 13, 31 February, ... raise ValueError
+        days = (datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), tzinfo=timezone.utc) - _EPOCH).days
+    except ValueError:
+        days = None
+    if len(_days) > 4096:
+        _days.clear()
+    _days[text] = days
+    return days
 
 
 def parse_ts(text: str) -> int | None:
     """Microseconds since the epoch, or None when `text` is not an R3.2 timestamp."""
-    cached = _cache.get(text)
-    if cached is not None:
-        return cached
     if _TS_RE.match(text) is None:
         return None
-    try:  # month 13, second 60 (no leap second), 31 February, ... raise ValueError
-        moment = datetime(
-            int(text[0:4]), int(text[5:7]), int(text[8:10]),
-            int(text[11:13]), int(text[14:16]), int(text[17:19]), tzinfo=timezone.utc,
-        )
-    except ValueError:
+    days = _day(text[:10])
+    hours, minutes, seconds = int(text[11:13]), int(text[14:16]), int(text[17:19])
+    if days is None or hours > 23 or minutes > 59 or seconds > 59:  # no leap second
         return None
     micros = int((text[20:-1] + "000000")[:6]) if len(text) > 20 else 0
-    delta = moment - _EPOCH
-    ts_us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + micros
-    if len(_cache) > 4096:
-        _cache.clear()
-    _cache[text] = ts_us
-    return ts_us
+    return (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1_000_000 + micros
 
 
 def format_ts(ts_us: int) -> str:
     """The normal output form of a timestamp."""
     moment = _EPOCH + timedelta(microseconds=ts_us)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    # The year is padded by hand: glibc's %Y writes year 999 as "999", which is no R3.2 form.
+    text = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
     micros = ts_us % 1_000_000
     if micros:
         text += "." + f"{micros:06d}".rstrip("0")
@@ -50,5 +55,10 @@ def format_ts(ts_us: int) -> str:
 
 
 def normalize_ts(text: str) -> str | None:
-    ts_us = parse_ts(text)
-    return None if ts_us is None else format_ts(ts_us)
+    """The normal form of an R3.2 timestamp, or None when it is not one."""
+    if parse_ts(text) is None:
+        return None
+    if len(text) == 20:
+        return text
+    fraction = text[20:-1].rstrip("0")
+    return text[:19] + "." + fraction + "Z" if fraction else text[:19] + "Z"
