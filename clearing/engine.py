@@ -10,7 +10,7 @@ from __future__ import annotations
 from events import schema as s
 from events.numbers import fmt_units, units_of
 from projections.state import FEES, INSURANCE, LedgerState, is_system
-from projections.valuation import collateral_value, margin_term, notional, value
+from projections.valuation import Valuation, collateral_value, margin_term, notional, value
 
 from clearing.liquidation import Pass
 from clearing.screen import Screen
@@ -52,23 +52,28 @@ def process(state: LedgerState, inp: s.Input, screen: Screen | None = None) -> l
     """Apply a validated input (its ``seq`` = state.seq + 1) and return its decisions (R3.6)."""
     assert inp.seq == state.seq + 1, f"input seq {inp.seq} after state seq {state.seq}"
     decider = Decider(state, inp)
-    check = _CHECKS.get(type(inp))
-    rejection = check(state, inp) if check is not None else None
+    kind = type(inp)
+    post: dict[str, Valuation] = {}
+    if kind is s.Trade:
+        rejection = _check_trade(state, inp, post)
+    else:
+        check = _CHECKS.get(kind)
+        rejection = check(state, inp) if check is not None else None
     if rejection is not None:
         reason, account, rule, figures = rejection
         state.apply_input(inp, rejected=True)
         decider.record(s.Rejected, reason=reason, account=account, rule=rule, figures=figures)
         return decider.decisions
     state.apply_input(inp)
-    kind = type(inp)
     if screen is not None and kind is s.Trade:
         # R10.1 for a trade: only its two parties can have become liquidatable. Each is valued
-        # once here; when neither is liquidatable (R6.7) the pass would handle nothing, and the
-        # screen re-bounds both from these same valuations (nothing moved since).
+        # once (by the R8.4 check when it raised its position, else here); when neither is
+        # liquidatable (R6.7) the pass would handle nothing, and the screen re-bounds both from
+        # these same valuations (nothing moved since).
         fresh = {}
         for party in (inp.buyer, inp.seller):
             if not is_system(party):
-                v = value(state, state.accounts[party])
+                v = post.get(party) or value(state, state.accounts[party])
                 if v.equity < v.maintenance_margin:
                     Pass(decider).run({inp.buyer, inp.seller})
                     fresh = {}
@@ -134,7 +139,10 @@ def _check_transfer(state: LedgerState, inp: s.Transfer):
 
 
 # --- R8: trades ----------------------------------------------------------------------------
-def _check_trade(state: LedgerState, inp: s.Trade):
+def _check_trade(state: LedgerState, inp: s.Trade, after: dict[str, Valuation] | None = None):
+    """R8.2, R8.4. ``after`` (when given) receives, for each party valued here, its exact
+    equity and requirements after the trade (R6: the trade changes only cash by
+    q × price + fee, and one position's terms, each rounded on its own per R1.3)."""
     for party in (inp.buyer, inp.seller):
         if party not in state.accounts:
             return "unknown_account", party, "R8.2", {}
@@ -151,9 +159,9 @@ def _check_trade(state: LedgerState, inp: s.Trade):
             continue
         acct = state.accounts[party]
         before = acct.positions.get(inp.instrument, 0)
-        after = before + signed
+        after_qty = before + signed
         # R8.4: a trade that only reduces the position passes (closing to zero included).
-        if before != 0 and abs(after) < abs(before) and (after == 0 or (after > 0) == (before > 0)):
+        if before != 0 and abs(after_qty) < abs(before) and (after_qty == 0 or (after_qty > 0) == (before > 0)):
             continue
         v = value(state, acct)
         scale = info.notional_scale
@@ -166,8 +174,15 @@ def _check_trade(state: LedgerState, inp: s.Trade):
         im_after = (
             v.initial_margin
             - margin_term(notional(info, before, mark), info.imf_num, info.imf_den)
-            + margin_term(notional(info, after, mark), info.imf_num, info.imf_den)
+            + margin_term(notional(info, after_qty, mark), info.imf_num, info.imf_den)
         )
+        if after is not None:
+            mm_after = (
+                v.maintenance_margin
+                - margin_term(notional(info, before, mark), info.mmf_num, info.mmf_den)
+                + margin_term(notional(info, after_qty, mark), info.mmf_num, info.mmf_den)
+            )
+            after[party] = Valuation(0, 0, 0, equity_after, im_after, mm_after)
         if equity_after < im_after:
             return (
                 "insufficient_margin",
