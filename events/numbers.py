@@ -71,8 +71,10 @@ def _to_units(text: str, scale: int) -> int | None:
 
 def units_of(text: str, scale: int) -> int:
     """Like to_units for values known to be on the grid (recorded history)."""
-    units = to_units(text, scale)
-    assert units is not None, f"{text!r} is off the 10^-{scale} grid"
+    units = _units_cache.get((text, scale))
+    if units is None:
+        units = to_units(text, scale)
+        assert units is not None, f"{text!r} is off the 10^-{scale} grid"
     return units
 
 

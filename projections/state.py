@@ -83,8 +83,9 @@ class LedgerState:
 
     def __init__(self) -> None:
         self.seq = 0
-        self.ts_us = 0
         self.ts: str | None = None
+        self._ts_us = 0
+        self._ts_us_of: str | None = None
         self.settlement: str | None = None  # R4.1
         self.scale = 0  # S, decimals of the settlement asset (R1.2)
         self.assets: dict[str, AssetInfo] = {}
@@ -133,10 +134,12 @@ class LedgerState:
     def move_position(self, account_id: str, instrument: str, units: int) -> None:
         self.touched.add(account_id)
         positions = self.accounts[account_id].positions
-        after = positions.get(instrument, 0) + units
+        before = positions.get(instrument, 0)
+        after = before + units
         if after:
             positions[instrument] = after
-            self.holders.setdefault(instrument, set()).add(account_id)
+            if not before:
+                self.holders[instrument].add(account_id)
         else:
             del positions[instrument]
             self.holders[instrument].discard(account_id)
@@ -148,13 +151,23 @@ class LedgerState:
         self.accounts[account_id].cash -= units * price * self.instruments[instrument].notional_scale
 
     # --- the fold ----------------------------------------------------------------------------
+    @property
+    def ts_us(self) -> int:
+        """``ts`` in microseconds, parsed when first asked for (a fold of the log needs it
+        only at the end)."""
+        if self._ts_us_of != self.ts:
+            ts_us = parse_ts(self.ts) if self.ts is not None else 0
+            assert ts_us is not None, f"recorded ts {self.ts!r}"
+            self._ts_us, self._ts_us_of = ts_us, self.ts
+        return self._ts_us
+
+    @ts_us.setter
+    def ts_us(self, ts_us: int) -> None:
+        self._ts_us, self._ts_us_of = ts_us, self.ts
+
     def advance(self, seq: int, ts: str) -> None:
         assert seq == self.seq + 1, f"seq {seq} after {self.seq}"
-        if ts != self.ts:
-            self.ts = ts
-            ts_us = parse_ts(ts)
-            assert ts_us is not None
-            self.ts_us = ts_us
+        self.ts = ts
         self.seq = seq
         if seq == 1:  # R2.2: the system accounts exist from the first event
             for system in SYSTEM_ACCOUNTS:
@@ -162,11 +175,15 @@ class LedgerState:
 
     def apply_input(self, inp: s.Input, rejected: bool = False) -> None:
         """Fold a recorded input. A rejected input changes nothing (R3.5)."""
-        self.advance(inp.seq, inp.ts)
+        seq = inp.seq
+        if seq != self.seq + 1 or seq == 1:
+            self.advance(seq, inp.ts)
+        else:  # advance(), inlined for the fold's common case
+            self.seq = seq
+            self.ts = inp.ts
         if rejected:
             return
-        handler = _INPUT_HANDLERS[type(inp)]
-        handler(self, inp)
+        _INPUT_HANDLERS[type(inp)](self, inp)
 
     def apply_decision(self, dec: s.Decision) -> None:
         self.advance(dec.seq, dec.ts)
@@ -231,16 +248,21 @@ class LedgerState:
         self.move_asset(inp.to, inp.asset, units)
 
     def _trade(self, inp: s.Trade) -> None:
+        """R8.3: the buyer pays q × price and its fee, the seller receives q × price and pays
+        its fee, @fees receives both fees (the same moves as ``trade_at`` and ``move_cash``)."""
         info = self.instruments[inp.instrument]
         qty = units_of(inp.qty, info.qty_decimals)
         price = units_of(inp.price, self.assets[info.underlying].price_decimals)
         buyer_fee = units_of(inp.buyer_fee, self.scale)
         seller_fee = units_of(inp.seller_fee, self.scale)
-        self.trade_at(inp.buyer, inp.instrument, qty, price)
-        self.trade_at(inp.seller, inp.instrument, -qty, price)
-        self.move_cash(inp.buyer, -buyer_fee)
-        self.move_cash(inp.seller, -seller_fee)
-        self.move_cash(FEES, buyer_fee + seller_fee)
+        self.move_position(inp.buyer, inp.instrument, qty)
+        self.move_position(inp.seller, inp.instrument, -qty)
+        cost = qty * price * info.notional_scale
+        accounts = self.accounts
+        accounts[inp.buyer].cash -= cost + buyer_fee
+        accounts[inp.seller].cash += cost - seller_fee
+        accounts[FEES].cash += buyer_fee + seller_fee
+        self.touched.add(FEES)
 
     def _funding(self, inp: s.Funding) -> None:
         """R3.6: the payments belong to ``funding_settled``."""
@@ -362,11 +384,11 @@ class Folder:
 
     def feed(self, event: s.Event) -> None:
         pending = self.pending
+        kind = type(event)
         if pending is not None:
             self.pending = None
-            rejected = type(event) is s.Rejected and event.ref == pending.id
-            self.state.apply_input(pending, rejected)
-        if type(event) in _DECISION_HANDLERS:
+            self.state.apply_input(pending, kind is s.Rejected and event.ref == pending.id)
+        if kind in _DECISION_HANDLERS:
             self.state.apply_decision(event)  # type: ignore[arg-type]
         else:
             self.pending = event  # type: ignore[assignment]
