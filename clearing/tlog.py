@@ -9,6 +9,7 @@ already stored, so no inconsistent checkpoint can be made through this module.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -133,8 +134,9 @@ class TLog:
         proof = merkle.consistency_proof(m, n, self.nodes)
         return verifier.verify_consistency(m, n, root_m, root_n, proof)
 
-    def sign(self, size: int, key_path: str) -> Checkpoint:
-        """Sign and store a checkpoint of the first ``size`` events."""
+    def sign(self, size: int, key_path: str, tree: statetree.StateTree | None = None) -> Checkpoint:
+        """Sign and store a checkpoint of the first ``size`` events, and keep its state tree.
+        ``tree``: the state tree at ``size`` when the caller has built it (``_state_tree``)."""
         head, _ = self.store.head()
         if not 0 <= size <= head:
             raise StoreError("seq_out_of_range", f"size {size} is not between 0 and the head {head}")
@@ -153,28 +155,47 @@ class TLog:
                     "inconsistent",
                     f"the log at size {size} is not consistent with the checkpoint at size {other.size}",
                 )
-        state_root = statetree.state_root(self.verified_state(size, root))
-        note = sign_note(checkpoint_text(self.meta["origin"], size, root, state_root), name, private)
-        signed = Checkpoint(size, root, state_root, note)
+        if tree is None:
+            tree = statetree.StateTree(self.verified_state(size, root))
+        note = sign_note(checkpoint_text(self.meta["origin"], size, root, tree.root), name, private)
+        signed = Checkpoint(size, root, tree.root, note)
+        # The tree first: a proof at this size reads it instead of rebuilding the state.
+        self.store.put_state_tree(size, tree.leaf_rows(), tree.node_rows())
         if all(other.note != note for other in self.stored()):  # Ed25519 signing is deterministic
             self.store.put_checkpoint(size, note)
             self.stored().append(signed)
         return signed
+
+    def _state_tree(self, size: int) -> statetree.StateTree:
+        return statetree.StateTree(self.verified_state(size, self.root(size)))
 
     def prove(self, account: str, seq: int, at: str, key_path: str) -> dict:
         """The clearing-state-proof/1 document for ``account`` at ``seq`` (interfaces §5)."""
         head, _ = self.store.head()
         if not 1 <= seq <= head:
             raise StoreError("seq_out_of_range", f"no state to prove at seq {seq} (head {head})")
-        state = history.state_at_seq(self.store, seq)
-        if account not in state.accounts:
-            raise StoreError("unknown_account", f"account {account!r} does not exist at seq {seq}")
-        checkpoint = self.at_size(seq) or self.sign(seq, key_path)
+        checkpoint = self.at_size(seq)
+        found = self._kept_proof(checkpoint, account) if checkpoint is not None else None
+        if found is None:  # no usable state tree kept for this size: build it
+            tree = self._state_tree(seq)
+            if account not in tree:
+                raise StoreError("unknown_account", f"account {account!r} does not exist at seq {seq}")
+            if checkpoint is None:
+                checkpoint = self.sign(seq, key_path, tree)
+            elif tree.root == checkpoint.state_root:
+                self.store.put_state_tree(seq, tree.leaf_rows(), tree.node_rows())
+            found = tree.account_proof(account)
+            if not _proves(found, checkpoint.state_root):
+                raise StoreError(
+                    "inconsistent",
+                    f"the state at seq {seq} rebuilt from the store is not the state the checkpoint"
+                    " of that size signed; run `clearing audit`",
+                )
         latest = self.latest()
         assert latest is not None
         if latest.size < min(head, seq + 1):  # the boundary needs event seq+1 when there is one
             latest = self.sign(head, key_path)
-        leaf, index, size, path = statetree.account_proof(state, account)
+        leaf, index, size, path = found
         boundary = []
         for event_seq in (seq, seq + 1):
             if event_seq > latest.size:
@@ -201,6 +222,71 @@ class TLog:
             "consistency": [_b64(h) for h in consistency],
             "boundary": boundary,
         }
+
+    def _kept_proof(self, checkpoint: Checkpoint, account: str):
+        """(leaf, index, tree size, path) of ``account`` from the state tree kept for the
+        checkpoint's size, or None when there is none or what is kept does not verify under the
+        signed state root (derived data is never trusted: a changed row means a rebuild).
+
+        The stored events after the latest snapshot are also checked against the signed log
+        root, as signing checks them (``verified_state``): a proof from a kept tree is refused
+        exactly when one rebuilt from the store would be."""
+        size = checkpoint.size
+        kept = self.store.state_leaf(size, account)
+        if kept is None:
+            return None
+        index, tree_size, leaf = kept
+        if type(index) is not int or type(tree_size) is not int or not 0 <= index < tree_size:
+            return None
+        try:
+            path = merkle.inclusion_proof(index, tree_size, _KeptStateNodes(self.store, size))
+        except KeyError:
+            return None
+        found = (bytes(leaf), index, tree_size, path)
+        if not (_proves(found, checkpoint.state_root) and _names(found[0], account)):
+            return None
+        self._check_events_since_snapshot(size, checkpoint.root)
+        return found
+
+    def _check_events_since_snapshot(self, size: int, root: bytes) -> None:
+        start = self.store.latest_snapshot_seq(size)
+        hashes = [
+            verifier.leaf_hash(payload)
+            for page in self.store.read_payloads(after_seq=start, upto_seq=size)
+            for _seq, _type, payload in page
+        ]
+        if len(hashes) != size - start or merkle.root_extending(start, hashes, self.nodes) != root:
+            raise StoreError(
+                "inconsistent",
+                f"the stored events from seq {start + 1} to {size} do not match the log's Merkle"
+                " tree; run `clearing audit`",
+            )
+
+
+class _KeptStateNodes:
+    """``events.merkle`` batched node access on the state tree kept for one size."""
+
+    __slots__ = ("store", "size")
+
+    def __init__(self, store: LogStore, size: int) -> None:
+        self.store, self.size = store, size
+
+    def many(self, keys):
+        return self.store.get_state_nodes(self.size, keys)
+
+
+def _proves(found: tuple[bytes, int, int, list[bytes]], state_root: bytes) -> bool:
+    """Whether (leaf, index, size, path) verifies under ``state_root``, as `verify` checks it."""
+    leaf, index, size, path = found
+    return verifier.verify_inclusion(index, size, verifier.leaf_hash(leaf), path, state_root)
+
+
+def _names(leaf: bytes, account: str) -> bool:
+    try:
+        entry = json.loads(leaf)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and entry.get("account") == account
 
 
 def resolve_point(store: LogStore, at: str | None, seq: int | None) -> tuple[int, str]:

@@ -40,6 +40,7 @@ __all__ = [
     "inclusion_proof",
     "inclusion_proof_in_memory",
     "root",
+    "root_extending",
     "store_nodes",
     "subtree_keys",
     "tree_nodes",
@@ -240,6 +241,32 @@ class Frontier:
         if not self._edge:
             return EMPTY_ROOT
         return _fold([h for _, h in self._edge])
+
+
+def root_extending(start: int, leaf_hashes: Sequence[bytes], nodes: Any) -> bytes:
+    """MTH of the tree of ``start + len(leaf_hashes)`` leaves whose first ``start`` leaves are
+    stored (``nodes``) and whose others are ``leaf_hashes``: the root that
+    ``Frontier.from_nodes(start, nodes)``, ``append(leaf_hashes)`` and ``root()`` give, with
+    each new complete subtree hashed a whole level at a time instead of leaf by leaf."""
+    size = start + len(leaf_hashes)
+    if size == 0:
+        return EMPTY_ROOT
+    # The subtrees wholly before ``start`` that a root of ``size`` needs are the maximal ones of
+    # [0, start): the frontier at ``start``.
+    before = {(level, idx): h for level, idx, h in Frontier.from_nodes(start, nodes).edge()}
+
+    def subtree(level: int, idx: int) -> bytes:
+        first, end = idx << level, (idx + 1) << level
+        if end <= start:
+            return before[(level, idx)]
+        if first >= start:
+            layer = leaf_hashes[first - start : end - start]
+            while len(layer) > 1:
+                layer = [node_hash(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+            return layer[0]
+        return node_hash(subtree(level - 1, 2 * idx), subtree(level - 1, 2 * idx + 1))
+
+    return _fold([subtree(level, idx) for level, idx in subtree_keys(0, size)])
 
 
 # ----------------------------------------------------------------------------- small trees

@@ -32,13 +32,16 @@ schemas; all table names carry the fixed prefix ``clearing_``:
   the schema marker (``clearing-ledger 2``), written in the ``create``
   transaction (PostgreSQL DDL is transactional): that is what ``exists()``
   checks, like SQLite's ``PRAGMA application_id``.
+* ``clearing_state_nodes`` (size, level, idx, hash, account, leaf): the state trees of
+  signed sizes, derived data like the snapshots, made by the first ``put_state_tree``
+  (ledgers made before it lack the table; readers then find no tree).
 
 ``create`` makes the schema if needed, and the database too if it does not
 exist (through the ``postgres`` maintenance database, as SQLite creates its
 file); the library's composite type ``stored_event_uuid`` is created, its
 optional ``es_insert_events_uuid`` function is not (``POSTGRES_ENABLE_DB_FUNCTIONS``
-stays off: that path drops the table lock). Nothing but ``create`` creates
-anything: a database with no ledger in the schema is ``store_missing``; one
+stays off: that path drops the table lock). Nothing but ``create`` (and
+``put_state_tree``, its one table) creates anything: a database with no ledger in the schema is ``store_missing``; one
 whose ``clearing_*`` tables are not a marked ledger is ``store_invalid``.
 
 Concurrency
@@ -113,6 +116,9 @@ __all__ = [
 #: Table-name prefix (the library's "<app>_events" with app = "clearing").
 PREFIX = "clearing"
 SCHEMA_VERSION = 2
+#: The state trees of signed sizes (``put_state_tree``): derived data, like the snapshots, in a
+#: table made on first use. Leaf rows (level 0) carry the account and the leaf's bytes.
+STATE_TREE_TABLE = f"{PREFIX}_state_nodes"
 #: ``COMMENT ON TABLE clearing_meta``: marks a schema as holding a ledger.
 MARKER = f"clearing-ledger {SCHEMA_VERSION}"
 
@@ -295,6 +301,22 @@ def _node_chunks(rows: Sequence[tuple]) -> Iterator[str]:
     _ints(map(itemgetter(0), rows), map(itemgetter(1), rows))
     for i in range(0, len(rows), COPY_CHUNK):
         yield "".join([f"{lv}\t{ix}\t{_b(h)}\n" for lv, ix, h in rows[i : i + COPY_CHUNK]])
+
+
+def _state_tree_chunks(
+    size: int, leaves: Sequence[tuple[str, bytes, bytes]], nodes: Sequence[tuple[int, int, bytes]]
+) -> Iterator[str]:
+    """(size, level, idx, hash, account, leaf) rows of one state tree: the leaves, then the nodes."""
+    _ints([size], map(itemgetter(0), nodes), map(itemgetter(1), nodes))
+    for i in range(0, len(leaves), COPY_CHUNK):
+        yield "".join([
+            f"{size}\t0\t{i + j}\t{_b(h)}\t{_t(a)}\t{_b(leaf)}\n"
+            for j, (a, h, leaf) in enumerate(leaves[i : i + COPY_CHUNK])
+        ])
+    for i in range(0, len(nodes), COPY_CHUNK):
+        yield "".join([
+            f"{size}\t{lv}\t{ix}\t{_b(h)}\t\\N\t\\N\n" for lv, ix, h in nodes[i : i + COPY_CHUNK]
+        ])
 
 
 def _packed_bytea(col: str) -> SQL:
@@ -1038,6 +1060,102 @@ class PostgresLogStore(LogStore):
         if row is None:
             head = self.head()[0]
             raise StoreError("append_invalid", f"checkpoint size {size} is beyond the head {head}")
+
+    # ------------------------------------------------------------------ state trees
+
+    def _state_table(self) -> Composed:
+        return SQL("{}.{}").format(self._get_recorder().schema_identifier, Identifier(STATE_TREE_TABLE))
+
+    def _has_state_table(self, cur: psycopg.Cursor) -> bool:
+        name = f'"{self.schema}".{STATE_TREE_TABLE}'
+        return cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+    def put_state_tree(
+        self,
+        size: int,
+        leaves: Sequence[tuple[str, bytes, bytes]],
+        nodes: Sequence[tuple[int, int, bytes]],
+    ) -> None:
+        self._require()
+        if type(size) is not int or size < 0:
+            raise StoreError("append_invalid", f"bad state tree size {size!r}")
+        rec = self._get_recorder()
+        t = self._state_table()
+        ddl = [
+            # Made on first use (older ledgers lack it), under the advisory lock below.
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {} (size bigint NOT NULL, level integer NOT NULL, "
+                "idx bigint NOT NULL, hash bytea NOT NULL, account text, leaf bytea, "
+                "PRIMARY KEY (size, level, idx))"
+            ).format(t),
+            SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (size, account) "
+                "WHERE account IS NOT NULL").format(Identifier(f"{STATE_TREE_TABLE}_account"), t),
+        ]
+        copy = SQL("COPY {} (size, level, idx, hash, account, leaf) FROM STDIN").format(t)
+        try:
+            with rec.datastore.get_connection() as conn:
+                with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+                    cur.execute(SQL("SET LOCAL lock_timeout = '{0}s'").format(LOCK_TIMEOUT_S))
+                    # One writer of state trees at a time: no concurrent DDL, and the delete
+                    # then insert of one size never meets another's rows.
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)",
+                                (advisory_key("state_tree", self.schema or ""),))
+                    for statement in ddl:
+                        cur.execute(statement)
+                    cur.execute(SQL("DELETE FROM {} WHERE size = %s").format(t), (size,))
+                    rec._copy(cur, copy, _state_tree_chunks(size, leaves, nodes))
+        except OperationalError as e:
+            if isinstance(e.__cause__, psycopg.errors.LockNotAvailable):
+                raise StoreError(
+                    "store_locked",
+                    f"another writer held {self._where()} for over {LOCK_TIMEOUT_S} s",
+                ) from e
+            raise
+
+    def state_leaf(self, size: int, account: str) -> tuple[int, int, bytes] | None:
+        self._require()
+        t = self._state_table()
+        with self._cursor() as cur:
+            if not self._has_state_table(cur):
+                return None
+            row = cur.execute(
+                SQL(
+                    "SELECT idx, leaf, (SELECT max(idx) + 1 FROM {t} WHERE size = %(size)s "
+                    "AND level = 0) FROM {t} WHERE size = %(size)s AND level = 0 "
+                    "AND account = %(account)s"
+                ).format(t=t),
+                {"size": size, "account": account},
+            ).fetchone()
+        return None if row is None else (row[0], row[2], row[1])
+
+    def get_state_nodes(
+        self, size: int, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        self._require()
+        unique = list(dict.fromkeys((int(level), int(idx)) for level, idx in keys))
+        unique = [k for k in unique if 0 <= k[0] < 2**31 and 0 <= k[1] < 2**63]
+        if not unique:
+            return {}
+        sql = SQL(
+            "SELECT n.level, n.idx, n.hash FROM {t} n "
+            "JOIN unnest(%s::integer[], %s::bigint[]) AS k(level, idx) "
+            "ON n.level = k.level AND n.idx = k.idx WHERE n.size = %s"
+        ).format(t=self._state_table())
+        with self._cursor() as cur:
+            if not self._has_state_table(cur):
+                return {}
+            rows = cur.execute(sql, ([k[0] for k in unique], [k[1] for k in unique], size)).fetchall()
+        return {(level, idx): h for level, idx, h in rows}
+
+    def latest_snapshot_seq(self, at_or_before: int) -> int:
+        self._require()
+        rec = self._get_recorder()
+        with self._cursor() as cur:
+            row = cur.execute(
+                SQL("SELECT coalesce(max(seq), 0) FROM {} WHERE seq <= %s").format(rec.t_snapshots),
+                (at_or_before,),
+            ).fetchone()
+        return row[0]
 
     @contextmanager
     def writer_lock(self, timeout: float = 10.0) -> Iterator[None]:  # float-ok: seconds

@@ -13,7 +13,10 @@ Storage
   leaf), ``input_ids`` (id, seq, digest), ``merkle_nodes`` (level, idx, hash:
   the complete Merkle subtrees of level >= 1 that the append completes; level 0
   is ``event_index.leaf``); plus ``snapshots`` (derived data, own transaction),
-  ``checkpoints`` (id, size, note: signed notes, own transaction) and ``meta``.
+  ``checkpoints`` (id, size, note: signed notes, own transaction) and ``meta``;
+  ``state_nodes`` (size, level, idx, hash, account, leaf: the state trees of signed
+  sizes, derived data in their own transaction), made by the first ``put_state_tree``
+  (files made before it lack the table; readers then find no tree).
 * The file is marked as a ledger by ``PRAGMA application_id`` (set in the
   ``create`` transaction), which is what ``exists()`` checks.
 * Connections, WAL mode and transactions are the library's
@@ -66,6 +69,21 @@ LOG_ID_HEX = LOG_ID.hex
 _IN_CHUNK = 500
 # (level, idx) pairs per get_nodes query (two variables each).
 _NODE_CHUNK = 200
+
+#: The state trees of signed sizes (``put_state_tree``): derived data, like ``snapshots``. Leaf
+#: rows (level 0) carry the account and the leaf's bytes; the rows above them only a hash.
+_STATE_TREE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS state_nodes ("
+    "size INTEGER NOT NULL, "
+    "level INTEGER NOT NULL, "
+    "idx INTEGER NOT NULL, "
+    "hash BLOB NOT NULL, "
+    "account TEXT, "
+    "leaf BLOB, "
+    "PRIMARY KEY (size, level, idx))",
+    "CREATE UNIQUE INDEX IF NOT EXISTS state_nodes_account ON state_nodes (size, account) "
+    "WHERE account IS NOT NULL",
+)
 
 _index_row = itemgetter(0, 1, 2, 3, 5)  # LogRecord -> (seq, ts_us, type, ref, leaf)
 _get_seq = itemgetter(0)
@@ -605,6 +623,82 @@ class SQLiteLogStore(LogStore):
             if "locked" in str(e) or "busy" in str(e):
                 raise StoreError("store_locked", f"database is locked: {e}") from e
             raise
+
+    # ------------------------------------------------------------------ state trees
+
+    def put_state_tree(
+        self,
+        size: int,
+        leaves: Sequence[tuple[str, bytes, bytes]],
+        nodes: Sequence[tuple[int, int, bytes]],
+    ) -> None:
+        self._require()
+        if type(size) is not int or size < 0:
+            raise StoreError("append_invalid", f"bad state tree size {size!r}")
+        leaf_rows = [(size, 0, i, h, a, leaf) for i, (a, h, leaf) in enumerate(leaves)]
+        node_rows = [(size, level, idx, h) for level, idx, h in nodes]
+        try:
+            with self._tx(commit=True) as cur:
+                for statement in _STATE_TREE_TABLE:  # made on first use: older files lack it
+                    cur.execute(statement)
+                cur.execute("DELETE FROM state_nodes WHERE size = ?", (size,))
+                cur.executemany("INSERT INTO state_nodes VALUES (?,?,?,?,?,?)", leaf_rows)
+                cur.executemany(
+                    "INSERT INTO state_nodes (size, level, idx, hash) VALUES (?,?,?,?)", node_rows
+                )
+        except OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise StoreError("store_locked", f"database is locked: {e}") from e
+            raise
+
+    def state_leaf(self, size: int, account: str) -> tuple[int, int, bytes] | None:
+        self._require()
+        try:
+            with self._tx() as cur:
+                row = cur.execute(
+                    "SELECT idx, leaf, (SELECT max(idx) + 1 FROM state_nodes "
+                    "WHERE size = ?1 AND level = 0) FROM state_nodes "
+                    "WHERE size = ?1 AND account = ?2 AND level = 0",
+                    (size, account),
+                ).fetchone()
+        except (OperationalError, sqlite3.OperationalError) as e:
+            if "no such table" in str(e):
+                return None
+            raise
+        return None if row is None else (row[0], row[2], row[1])
+
+    def get_state_nodes(
+        self, size: int, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        self._require()
+        unique = list(dict.fromkeys((int(level), int(idx)) for level, idx in keys))
+        found: dict[tuple[int, int], bytes] = {}
+        try:
+            with self._tx() as cur:  # one snapshot for all of them
+                for i in range(0, len(unique), _NODE_CHUNK):
+                    chunk = unique[i : i + _NODE_CHUNK]
+                    # An OR of whole primary-key equalities (with ``size = ?`` outside the OR,
+                    # SQLite scans every node of the size instead).
+                    where = " OR ".join(["(size = ? AND level = ? AND idx = ?)"] * len(chunk))
+                    cur.execute(
+                        f"SELECT level, idx, hash FROM state_nodes WHERE {where}",
+                        [v for level, idx in chunk for v in (size, level, idx)],
+                    )
+                    for level, idx, h in cur.fetchall():
+                        found[(level, idx)] = h
+        except (OperationalError, sqlite3.OperationalError) as e:
+            if "no such table" in str(e):
+                return {}
+            raise
+        return found
+
+    def latest_snapshot_seq(self, at_or_before: int) -> int:
+        self._require()
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT max(seq) FROM snapshots WHERE seq <= ?", (at_or_before,)
+            ).fetchone()
+        return row[0] or 0
 
     @contextmanager
     def writer_lock(self, timeout: float = 10.0) -> Iterator[None]:  # float-ok: seconds

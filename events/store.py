@@ -21,6 +21,9 @@ Terms
   nodes of level >= 1 are written by ``append`` with the events that complete
   them. Opaque to the store, like payloads.
 * Checkpoints: signed notes (text) for a tree size, kept in the order written.
+* State trees: the state tree (interfaces §5) of a signed size, per size: one row per account
+  (its leaf index, leaf hash and leaf bytes) and one per complete node above the leaves.
+  Derived data, like snapshots: opaque to the store, checked by its reader.
 """
 
 from __future__ import annotations
@@ -170,6 +173,41 @@ class LogStore(abc.ABC):
     @abc.abstractmethod
     def latest_snapshot(self, at_or_before: int) -> tuple[int, bytes] | None:
         """The snapshot with the greatest seq <= at_or_before, or None."""
+
+    # ------------------------------------------------------------ state trees (derived data)
+    #
+    # The state tree of a signed size (interfaces §5), kept like a snapshot: derived, optional,
+    # and never trusted by its reader, which checks what it reads against the signed state root.
+    # A store that keeps none may leave these defaults: ``put_state_tree`` keeps nothing and the
+    # readers find nothing.
+
+    def put_state_tree(
+        self,
+        size: int,
+        leaves: Sequence[tuple[str, bytes, bytes]],
+        nodes: Sequence[tuple[int, int, bytes]],
+    ) -> None:
+        """Keep the state tree at log size ``size``, replacing one already kept for it, in one
+        transaction. ``leaves`` are (account, leaf hash, leaf bytes) in tree order (the i-th is
+        leaf i); ``nodes`` are (level >= 1, idx, hash), the complete subtrees of the tree as in
+        ``events.merkle``."""
+
+    def state_leaf(self, size: int, account: str) -> tuple[int, int, bytes] | None:
+        """(leaf index, number of leaves, leaf bytes) of ``account`` in the state tree kept for
+        ``size``; None when none is kept or the account is not in it."""
+        return None
+
+    def get_state_nodes(
+        self, size: int, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        """(level, idx) -> hash for those of ``keys`` in the state tree kept for ``size``, read
+        in one snapshot (level 0: the leaf hashes)."""
+        return {}
+
+    def latest_snapshot_seq(self, at_or_before: int) -> int:
+        """The seq of ``latest_snapshot(at_or_before)`` (0 if none), without reading its state."""
+        snap = self.latest_snapshot(at_or_before)
+        return snap[0] if snap else 0
 
     @abc.abstractmethod
     def writer_lock(self, timeout: float = 10.0) -> AbstractContextManager[None]:  # float-ok: seconds

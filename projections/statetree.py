@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import msgspec
 
-from events.merkle import inclusion_proof_in_memory, tree_root
+from events import merkle
+from events.merkle import inclusion_proof, inclusion_proof_in_memory, tree_nodes, tree_root
 from events.verifier import leaf_hash
 from events.numbers import fmt_units
 from projections.report import account_entry
@@ -50,3 +51,37 @@ def account_proof(state: LedgerState, account_id: str) -> tuple[bytes, int, int,
     all_leaves = [account_leaf(state, a) for a in ids]
     hashes = [leaf_hash(leaf) for leaf in all_leaves]
     return all_leaves[index], index, len(ids), inclusion_proof_in_memory(index, hashes)
+
+
+class StateTree:
+    """The whole state tree at one size, built once: the leaves in tree order, the position of
+    every account, and every complete node (``events.merkle`` node model, level 0 the leaf
+    hashes). ``TLog.sign`` stores it (``LogStore.put_state_tree``) so that a proof at a signed
+    size reads one leaf and its path instead of rebuilding the state."""
+
+    __slots__ = ("ids", "leaves", "nodes", "root", "_index")
+
+    def __init__(self, state: LedgerState) -> None:
+        self.ids = account_ids(state)
+        self.leaves = [account_leaf(state, a) for a in self.ids]
+        hashes = [leaf_hash(leaf) for leaf in self.leaves]
+        self.nodes = tree_nodes(hashes)
+        self.root = merkle.root(len(hashes), self.nodes)  # MTH, as state_root computes it
+        self._index = {a: i for i, a in enumerate(self.ids)}
+
+    def __contains__(self, account_id: str) -> bool:
+        return account_id in self._index
+
+    def account_proof(self, account_id: str) -> tuple[bytes, int, int, list[bytes]]:
+        """As ``account_proof`` of the state, from the nodes already built."""
+        index = self._index[account_id]
+        size = len(self.ids)
+        return self.leaves[index], index, size, inclusion_proof(index, size, self.nodes)
+
+    def leaf_rows(self) -> list[tuple[str, bytes, bytes]]:
+        """(account, leaf hash, leaf bytes) in tree order, for ``LogStore.put_state_tree``."""
+        return [(a, self.nodes[(0, i)], leaf) for i, (a, leaf) in enumerate(zip(self.ids, self.leaves))]
+
+    def node_rows(self) -> list[tuple[int, int, bytes]]:
+        """(level, idx, hash) of the complete nodes of level >= 1."""
+        return [(level, idx, h) for (level, idx), h in self.nodes.items() if level >= 1]
