@@ -23,10 +23,11 @@ recomputes from them:
 * R12.1 to R12.3 after every event and R12.4 after every input with all its decisions, on the
   state folded from the RECORDED events, kept O(1)-ish per event: running totals per asset and
   instrument updated from the accounts each event touched (``LedgerState.touched``), negative
-  balances checked on touched accounts, and for R12.4 only the accounts the group touched plus
-  the holders of assets whose mark or listing the group changed are valued (every other
-  account keeps its equity and requirements exactly; of the holders of a repriced asset only
-  those the move goes against, checked against a lower bound first, see ``_repriced``);
+  balances checked on touched accounts, and for R12.4 only the accounts the group touched, the
+  holders of what a listing change lists and, for a price, the accounts whose price band the
+  new mark leaves are valued exactly (every other account keeps its holdings and listings, and
+  its marks stay inside the bands of its last exact valuation, which keep equity >= MM: see
+  ``_Bands``, R6.7, R10.1, R12.4);
 * stored snapshots (derived data that answers ``state`` queries) are compared with the fold.
 
 Rule ids of findings: "R3.1" the log's order and rows (gaps, moved events, topic, event_index),
@@ -47,6 +48,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import heapq
 import json
 import sqlite3
 from dataclasses import dataclass, field
@@ -64,7 +66,7 @@ from events.store import LOG_ID, LogStore, StoreError
 from events.timestamps import parse_ts
 from projections import snapshot
 from projections.state import EXTERNAL, SYSTEM_ACCOUNTS, LedgerState, clone_state, is_system
-from projections.valuation import collateral_value, margin_term, value
+from projections.valuation import value
 
 from clearing.engine import Engine
 from clearing.validate import Listings, check_input
@@ -425,6 +427,150 @@ class _Checkpoint(NamedTuple):
     state_root: bytes | None
 
 
+class _Bands:
+    """Price bands per account, for the R12.4 check on the folded state (R6.7, R10.1, R12.4).
+
+    The audit's own, on purpose not the engine's screen (clearing/screen.py): the audit checks
+    what the engine decided, so a flaw in the engine's screen must not hide from it.
+
+    The margin buffer of an account, b = equity − MM (liquidatable iff b < 0, R6.7), is its
+    cash plus, per asset a, a sum T_a(p) of terms that each depend only on the mark p of a and
+    are each of the form floor(L·p) with L rational (R1.3, every term rounded on its own):
+
+    * a balance u > 0: floor(u·p·(1 − h)·10^S / 10^(decimals + price_decimals)) (R6.2);
+    * a position q on an instrument on a, n = q·p·ns: n − ceil(|n|·MMF) (R6.3, R6.5), which
+      is floor(n·(1 − MMF)) for q > 0 and floor(n·(1 + MMF)) for q < 0, so L = q·ns − |q|·ns·MMF.
+
+    (A balance of an asset with no mark counts 0, R5.2, and a first mark can only raise it: it
+    is left out.) floor(x) − floor(y) > x − y − 1, so with S_a = Σ L over the N_a terms on a,
+    marks m⁰ of the last exact valuation and N = Σ N_a:
+
+        b(m) > b(m⁰) − N + Σ_a S_a·(m_a − m⁰_a)         for ANY marks m.
+
+    The allowance A = b(m⁰) − N is split into equal shares A_a over the k assets with S_a ≠ 0
+    (k·A_a <= A), and each gets a band: m_a >= m⁰_a − floor(A_a / S_a) when S_a > 0 (the account
+    loses when a falls), m_a <= m⁰_a + floor(A_a / |S_a|) when S_a < 0. While every current
+    mark is inside its band, S_a·(m_a − m⁰_a) >= −A_a for every a and b(m) > A − Σ A_a >= 0:
+    the account is not liquidatable. That holds as long as the account's cash, balances and
+    positions and the listings of what it holds are those of its last exact valuation; the
+    audit re-values (and re-bands, ``put``) every account the moment one of those changes, and
+    every account whose band a new mark leaves (``crossed``). With A < 0 the account is valued
+    on every price of any asset it has a term on (``always``).
+
+    Slopes are exact fractions (integers P/Q), thresholds exact integer floors: no float.
+    Heaps per asset and direction with lazy deletion (a version per account); ``compact``
+    drops the stale entries once they outnumber the live ones.
+    """
+
+    __slots__ = ("version", "falls", "rises", "always", "always_of", "live_of", "live", "entries")
+
+    def __init__(self) -> None:
+        self.version: dict[str, int] = {}
+        self.falls: dict[str, list[tuple[int, int, str]]] = {}  # asset -> heap of (−floor, version, account)
+        self.rises: dict[str, list[tuple[int, int, str]]] = {}  # asset -> heap of (ceiling, version, account)
+        self.always: dict[str, set[str]] = {}  # asset -> accounts with no allowance left
+        self.always_of: dict[str, list[str]] = {}  # account -> the assets it is "always" on
+        self.live_of: dict[str, int] = {}  # account -> heap entries of its current version
+        self.live = 0
+        self.entries = 0  # heap entries, stale ones included
+
+    def forget(self, account_id: str) -> None:
+        """Drop the account's bands (it is then valued only when the audit says so)."""
+        self.version[account_id] = self.version.get(account_id, 0) + 1
+        n = self.live_of.pop(account_id, 0)
+        if n:
+            self.live -= n
+        assets = self.always_of.pop(account_id, None)
+        if assets:
+            always = self.always
+            for asset in assets:
+                always[asset].discard(account_id)
+
+    def put(self, account_id: str, buffer: int, slopes: dict[str, list[int]], marks: dict[str, int]) -> None:
+        """Band the account from its exact buffer b(m⁰) = equity − MM at the current marks and
+        its slopes {asset: [P, Q, N_a]} (S_a = P/Q, Q > 0)."""
+        version = self.version.get(account_id, 0) + 1  # (forget, inlined: the audit's hot path)
+        self.version[account_id] = version
+        if account_id in self.live_of:
+            self.live -= self.live_of.pop(account_id)
+        if account_id in self.always_of:
+            for asset in self.always_of.pop(account_id):
+                self.always[asset].discard(account_id)
+        if not slopes:
+            return  # cash only: nothing but a move of its own (re-valued then) changes it
+        terms = 0
+        moving = 0
+        for slope in slopes.values():
+            terms += slope[2]
+            if slope[0]:
+                moving += 1
+        allowance = buffer - terms
+        if allowance < 0:  # too close to call: valued on every price of what it depends on
+            assets = list(slopes)
+            self.always_of[account_id] = assets
+            for asset in assets:
+                group = self.always.get(asset)
+                if group is None:
+                    group = self.always[asset] = set()
+                group.add(account_id)
+            return
+        if not moving:
+            return  # b(m) > A >= 0 whatever the marks
+        share = allowance // moving
+        for asset, (num, den, _n) in slopes.items():
+            if num > 0:  # loses when the mark falls: below the floor it is a candidate
+                floor = marks[asset] - (share * den) // num
+                heap = self.falls.get(asset)
+                if heap is None:
+                    heap = self.falls[asset] = []
+                heapq.heappush(heap, (-floor, version, account_id))
+            elif num < 0:  # loses when the mark rises: above the ceiling it is a candidate
+                ceiling = marks[asset] + (share * den) // -num
+                heap = self.rises.get(asset)
+                if heap is None:
+                    heap = self.rises[asset] = []
+                heapq.heappush(heap, (ceiling, version, account_id))
+        self.live_of[account_id] = moving
+        self.live += moving
+        self.entries += moving
+
+    def crossed(self, asset: str, mark: int) -> set[str]:
+        """The accounts whose band on ``asset`` the mark leaves, and those "always" on it. The
+        caller values each exactly and re-bands it (``put``) or ``forget``s it."""
+        found = set(self.always.get(asset, ()))
+        version = self.version
+        popped = 0
+        heap = self.falls.get(asset)
+        while heap and -heap[0][0] > mark:
+            _, v, account_id = heapq.heappop(heap)
+            popped += 1
+            if version.get(account_id) == v:
+                found.add(account_id)
+        heap = self.rises.get(asset)
+        while heap and heap[0][0] < mark:
+            _, v, account_id = heapq.heappop(heap)
+            popped += 1
+            if version.get(account_id) == v:
+                found.add(account_id)
+        self.entries -= popped
+        return found
+
+    def compact(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones (amortised O(1))."""
+        if self.entries <= 4 * self.live + 16384:
+            return
+        version = self.version
+        entries = 0
+        for heaps in (self.falls, self.rises):
+            for asset, heap in heaps.items():
+                kept = [e for e in heap if version.get(e[2]) == e[1]]
+                heapq.heapify(kept)
+                heaps[asset] = kept
+                entries += len(kept)
+        self.entries = entries
+        self.live = entries  # (every account a crossing found was re-banded or forgotten)
+
+
 class _Group:
     """An input and the decisions recorded after it (R3.6)."""
 
@@ -477,9 +623,9 @@ class _Auditor:
         self.reported_unbalanced: set[tuple[str, str]] = set()
         self.negative: set[tuple[str, str]] = set()
         self.liquidatable: set[str] = set()
-        self.bounds: dict[str, list] = {}  # account -> [lower bound of equity − MM, {asset: terms}]
-        self.longs: dict[str, set[str]] = {}  # instrument -> accounts with a long position
-        self.shorts: dict[str, set[str]] = {}  # instrument -> accounts with a short position
+        self.bands = _Bands()  # R12.4 between exact valuations (see _Bands)
+        self.unvalued: set[str] = set()  # accounts that could not be valued (reported), not banded
+        self.reband_all = False  # a check was skipped: value every account at the next one
         self.group_touched: set[str] = set()
 
         # --- the re-derivation (R12.5)
@@ -658,6 +804,7 @@ class _Auditor:
             kind="audit",
         )
         self.group = None
+        self.reband_all = True  # the group's R12.4 check may not have run
         self._resync()
 
     def _row(self, row: tuple) -> None:
@@ -756,11 +903,16 @@ class _Auditor:
             )
         return event
 
+    def _ts_us(self, text: str) -> int | None:
+        """``parse_ts`` of an event's ts, cached for the next events (a group shares its ts)."""
+        cached, ts_us = self.ts_cache
+        if text != cached:
+            ts_us = parse_ts(text)
+            self.ts_cache = (text, ts_us)
+        return ts_us
+
     def _ts(self, pos: int, event: s.Event) -> None:
-        text, ts_us = self.ts_cache
-        if event.ts != text:
-            ts_us = parse_ts(event.ts)
-            self.ts_cache = (event.ts, ts_us)
+        ts_us = self._ts_us(event.ts)
         if ts_us is None:
             self.f.add(pos, "R3.2", f"seq {pos} has ts {event.ts!r}, not a timestamp")
             return
@@ -808,7 +960,7 @@ class _Auditor:
                 f"the event is {tag} of {want_ref!r}",
                 kind="R3.1 index",
             )
-        if ts_us != parse_ts(event.ts):
+        if ts_us != self._ts_us(event.ts):
             f.add(pos, "R3.2", f"event_index has another ts for seq {pos} than the event's {event.ts}",
                   kind="R3.1 index")
         return ileaf == leaf
@@ -1038,9 +1190,10 @@ class _Auditor:
         settlement = self.folded.settlement or ""
         if cash != old[0]:
             self._add_total("asset", self.asset_totals, settlement, cash - old[0])
-        if balances or old[1]:
-            for asset in balances.keys() | old[1].keys():
-                d = balances.get(asset, 0) - old[1].get(asset, 0)
+        old_balances = old[1]
+        if balances != old_balances:  # (unchanged: the totals and R12.3 are as they were)
+            for asset in balances.keys() | old_balances.keys():
+                d = balances.get(asset, 0) - old_balances.get(asset, 0)
                 if d:
                     self._add_total("asset", self.asset_totals, asset, d)
             if account_id != EXTERNAL:  # R12.3
@@ -1054,21 +1207,18 @@ class _Auditor:
                                        "a negative balance of a non-settlement asset")
                     else:
                         self.negative.discard(key)
-                for asset in old[1].keys() - balances.keys():
+                for asset in old_balances.keys() - balances.keys():
                     self.negative.discard((account_id, asset))
-        if positions or old[2]:
-            for instrument in positions.keys() | old[2].keys():
+            old_balances = dict(balances)
+        old_positions = old[2]
+        if positions != old_positions:
+            for instrument in positions.keys() | old_positions.keys():
                 after = positions.get(instrument, 0)
-                before = old[2].get(instrument, 0)
+                before = old_positions.get(instrument, 0)
                 if after != before:
                     self._add_total("instrument", self.instrument_totals, instrument, after - before)
-                    if (after > 0) != (before > 0):
-                        side = self.longs.setdefault(instrument, set())
-                        side.add(account_id) if after > 0 else side.discard(account_id)
-                    if (after < 0) != (before < 0):
-                        side = self.shorts.setdefault(instrument, set())
-                        side.add(account_id) if after < 0 else side.discard(account_id)
-        self.cache[account_id] = (cash, dict(balances), dict(positions))
+            old_positions = dict(positions)
+        self.cache[account_id] = (cash, old_balances, old_positions)
 
     def _add_total(self, kind: str, totals: dict[str, int], key: str, d: int) -> None:
         total = totals.get(key, 0) + d
@@ -1102,48 +1252,73 @@ class _Auditor:
         self.reported_unbalanced = set(self.unbalanced)
 
     def _check_liquidatable(self, group: _Group) -> None:
-        """R12.4 after an input with all its decisions.
+        """R12.4 after an input with all its decisions, on the folded state.
 
-        Only an account whose holdings or terms changed can have become liquidatable: the
-        accounts the group touched and, for a listing change, the holders of what it lists
-        are valued exactly. For a price input see ``_repriced``: the holders the new mark
-        moves against are checked against a lower bound of their margin buffer first.
+        R12.4 held after the previous input (or was reported), so only an account whose
+        equity or requirements can have moved since its last exact valuation can have become
+        liquidatable (R6.7; R10.1 lets the pass itself use any method that finds the same
+        accounts). Valued exactly here, and re-banded from that valuation (``_Bands``): the
+        accounts the group touched (cash, balances or positions moved), for a listing change
+        the holders of what it lists (a haircut or MMF changed), for a price the accounts whose
+        band the new mark leaves (all holders on a first mark), and the accounts reported
+        liquidatable (until they are no longer) or not valuable. Every other account is inside
+        all its bands, and so not liquidatable: see ``_Bands`` for the bound.
         """
         st = self.folded
-        exact = set(self.group_touched)
+        bands = self.bands
+        exact = self.group_touched  # (rebuilt by the next group's fold)
         if self.liquidatable:
             exact |= self.liquidatable  # reported already; dropped when no longer
+        if self.reband_all:  # a check was skipped (an error of the audit): start afresh
+            self.reband_all = False
+            exact.update(st.accounts)
         inp = group.inp
         kind = type(inp)
-        try:
-            if kind is s.Price:
-                self._repriced(inp.asset, group.old_mark, exact)  # type: ignore[union-attr]
-            elif kind is s.Asset:
-                exact |= st.collateral_holders.get(inp.asset, set())  # type: ignore[union-attr]
-            elif kind is s.Instrument:
-                exact |= st.holders.get(inp.instrument, set())  # type: ignore[union-attr]
-        except Exception as exc:
-            self._valuation_failed(group, "", exc)
-            self.bounds.clear()  # value everyone it concerns from scratch
+        if kind is s.Price or kind is s.Asset or kind is s.Instrument:
+            if self.unvalued:
+                exact |= self.unvalued  # tried again when the marks or the listings change
+            try:
+                if kind is s.Price:
+                    asset = inp.asset  # type: ignore[union-attr]
+                    new = st.marks.get(asset)
+                    if group.old_mark is None or new is None:
+                        # A first mark (R5.2: the asset counted 0 until now): value every holder.
+                        exact |= st.collateral_holders.get(asset, set())
+                        for instrument in st.by_underlying.get(asset, ()):
+                            exact |= st.holders.get(instrument, set())
+                    elif new != group.old_mark:
+                        exact |= bands.crossed(asset, new)
+                elif kind is s.Asset:
+                    exact |= st.collateral_holders.get(inp.asset, set())  # type: ignore[union-attr]
+                else:
+                    exact |= st.holders.get(inp.instrument, set())  # type: ignore[union-attr]
+            except Exception as exc:
+                self._valuation_failed(group, "", exc)
+                exact.update(st.accounts)  # value everyone from scratch
         last = group.decisions[-1][0] if group.decisions else group.pos
+        accounts = st.accounts
+        marks = st.marks
         for account_id in exact:
             if is_system(account_id):
                 continue
-            acct = st.accounts.get(account_id)
+            acct = accounts.get(account_id)
             if acct is None:
-                self.bounds.pop(account_id, None)
+                bands.forget(account_id)
+                self.unvalued.discard(account_id)
                 continue
             try:
-                contributions = self._contributions(acct)
-                buffer = acct.cash + sum(contributions.values())
-                self.bounds[account_id] = [buffer, contributions]
+                buffer, slopes = self._measure(acct)
                 if buffer < 0:
                     v = value(st, acct)  # R6.7 by the book, for the figures of the finding
                     buffer = v.equity - v.maintenance_margin
+                bands.put(account_id, buffer, slopes, marks)
             except Exception as exc:
-                self._valuation_failed(group, account_id, exc)
-                self.bounds.pop(account_id, None)
+                bands.forget(account_id)
+                if account_id not in self.unvalued:  # reported when it starts to fail
+                    self.unvalued.add(account_id)
+                    self._valuation_failed(group, account_id, exc)
                 continue
+            self.unvalued.discard(account_id)
             if buffer < 0:
                 if account_id not in self.liquidatable:
                     self.liquidatable.add(account_id)
@@ -1156,6 +1331,7 @@ class _Auditor:
                     )
             else:
                 self.liquidatable.discard(account_id)
+        bands.compact()
 
     def _valuation_failed(self, group: _Group, account_id: str, exc: Exception) -> None:
         last = group.decisions[-1][0] if group.decisions else group.pos
@@ -1163,90 +1339,51 @@ class _Auditor:
         self.f.add(last, "R12.4", f"after seq {last} {who}cannot be valued ({type(exc).__name__}: {exc})",
                    kind="R12.4 valuation")
 
-    def _contributions(self, acct) -> dict[str, int]:
-        """Equity − MM (R6) of an account is its cash plus, per asset a, the terms that depend
-        on the mark of a: the collateral value of its balance of a and, per position on an
-        instrument with underlying a, q·p·ns − ceil(|q|·p·ns·MMF) (R1.3 rounding per term)."""
+    def _measure(self, acct) -> tuple[int, dict[str, list[int]]]:
+        """Equity − MM of an account (R6, every term rounded on its own per R1.3: collateral
+        down, each requirement up) and, per asset a whose mark its terms depend on, [P, Q, N_a]:
+        the exact slope P/Q (Q > 0) of those terms in the mark and their number (``_Bands``).
+
+        Equity − MM = cash + Σ floor(b·p·(1 − h)·10^S / 10^(dec + pdec)) over balances b > 0
+        with a mark (R5.2: 0 without) + Σ (n − ceil(|n|·MMF)), n = q·p·ns, over positions."""
         st = self.folded
-        out: dict[str, int] = {}
-        for asset, units in acct.balances.items():
-            if units > 0:
-                out[asset] = collateral_value(st, asset, units)
+        buffer = acct.cash
+        slopes: dict[str, list[int]] = {}
         marks = st.marks
+        if acct.balances:
+            assets = st.assets
+            ten_s = 10**st.scale
+            for asset, units in acct.balances.items():
+                if units <= 0:
+                    continue
+                mark = marks.get(asset)
+                if mark is None:
+                    continue
+                info = assets[asset]
+                num = units * (info.haircut_den - info.haircut_num) * ten_s
+                den = 10 ** (info.decimals + info.price_decimals) * info.haircut_den
+                buffer += (num * mark) // den  # floor: counts for the account
+                slopes[asset] = [num, den, 1]
+        instruments = st.instruments
         for instrument, qty in acct.positions.items():
-            info = st.instruments[instrument]
-            n = qty * marks[info.underlying] * info.notional_scale
-            term = n - margin_term(n if n > 0 else -n, info.mmf_num, info.mmf_den)
-            out[info.underlying] = out.get(info.underlying, 0) + term
-        return out
-
-    def _repriced(self, asset: str, old: int | None, exact: set[str]) -> None:
-        """The holders of ``asset`` a new mark can have made liquidatable, into ``exact``.
-
-        Every term of equity − MM that depends on the mark p of an asset is monotonic in p:
-        a long position's q·p·ns − ceil(q·p·ns·MMF) and a balance's floor(b·p·(1 − h)) never
-        fall when p rises (with integers x, y >= 0: ceil((x + y)·MMF) − ceil(x·MMF) <= y, as
-        MMF < 1), and a short position's terms never rise. So when the mark rises only holders
-        of a short position on the asset can lose, and when it falls only holders of a long
-        position or of the asset itself; every other holder keeps equity >= MM.
-
-        For the ones it can hurt, ``self.bounds[h]`` = [B, {a: c_a}] keeps a lower bound B of
-        the buffer equity − MM, B = cash + Σ c_a with every c_a <= the true terms of a: exact
-        when the account was last valued, and a move in the account's favour only raises the
-        true terms. Here c_asset is recomputed exactly; while B >= 0 the account cannot be
-        liquidatable; when B < 0 it is valued exactly.
-        """
-        st = self.folded
-        new = st.marks.get(asset)
-        on_asset = st.by_underlying.get(asset, ())
-        if old is None or new is None:  # a first mark: value every holder exactly
-            exact.update(st.collateral_holders.get(asset, ()))
-            for instrument in on_asset:
-                exact.update(st.holders.get(instrument, ()))
-            return
-        if new == old:
-            return
-        if new > old:
-            hurt: set[str] = set()
-            for instrument in on_asset:
-                hurt.update(self.shorts.get(instrument, ()))
-        else:
-            hurt = set(st.collateral_holders.get(asset, ()))
-            for instrument in on_asset:
-                hurt.update(self.longs.get(instrument, ()))
-        hurt -= exact
-        if not hurt:
-            return
-        terms = []
-        for instrument in on_asset:
-            info = st.instruments[instrument]
-            terms.append((instrument, new * info.notional_scale, info.mmf_num, info.mmf_den))
-        collateral = asset in st.collateral_holders
-        bounds = self.bounds
-        accounts = st.accounts
-        for account_id in hurt:
-            bound = bounds.get(account_id)
-            if bound is None:
-                exact.add(account_id)
-                continue
-            acct = accounts[account_id]
-            c = 0
-            if collateral:
-                units = acct.balances.get(asset, 0)
-                if units > 0:
-                    c = collateral_value(st, asset, units)
-            positions = acct.positions
-            for instrument, scaled_mark, num, den in terms:
-                qty = positions.get(instrument)
-                if qty:
-                    n = qty * scaled_mark
-                    c += n + ((-n if n > 0 else n) * num) // den  # n − ceil(|n|·MMF)
-            before = bound[1].get(asset, 0)
-            if c != before:
-                bound[0] += c - before
-                bound[1][asset] = c
-            if bound[0] < 0:
-                exact.add(account_id)
+            info = instruments[instrument]
+            asset = info.underlying
+            linear = qty * info.notional_scale
+            n = linear * marks[asset]
+            num, den = info.mmf_num, info.mmf_den
+            buffer += n + ((-n if n > 0 else n) * num) // den  # n − ceil(|n|·MMF)
+            p = linear * den - (linear if linear > 0 else -linear) * num  # slope (p / den)
+            slope = slopes.get(asset)
+            if slope is None:
+                slopes[asset] = [p, den, 1]
+            elif slope[1] == den:
+                slope[0] += p
+                slope[2] += 1
+            else:
+                slope[0] = slope[0] * den + p * slope[1]
+                slope[1] *= den
+                slope[2] += 1
+        return buffer, slopes
 
     # ------------------------------------------------------------------ R12.5
 
