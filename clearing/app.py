@@ -246,12 +246,32 @@ def instant(text: str | None, option: str = "--at") -> int | None:
 
 def state_at(store: LogStore, seq: int | None = None, ts: str | None = None) -> LedgerState:
     """R3.7: the state at sequence N, at time T, or now."""
+    return history.state_at_seq(store, point_of(store, seq, ts))
+
+
+def point_of(store: LogStore, seq: int | None = None, ts: str | None = None) -> int:
+    """R3.7: the seq of the state at sequence N, at time T, or now (the head)."""
     ts_us = instant(ts)
     if ts_us is not None:
-        return history.state_at_time(store, ts_us)
+        return history.seq_at_time(store, ts_us)
     head = store.head()[0]
     if seq is None:
-        seq = head
+        return head
     if not 0 <= seq <= head:
         raise StoreError("seq_out_of_range", f"--seq {seq} is not between 0 and the head seq {head}")
-    return history.state_at_seq(store, seq)
+    return seq
+
+
+def state_document(
+    store: LogStore, seq: int | None = None, ts: str | None = None, account: str | None = None
+) -> dict:
+    """`clearing state` (interfaces §4) at sequence N, at time T, or now. With ``account``,
+    only that account: taken from the snapshots without folding every account's moves
+    (projections/history.py ``account_at_seq``), the same document as from the whole state."""
+    from projections.report import state_document as document
+
+    point = point_of(store, seq, ts)
+    if account is None:
+        return document(history.state_at_seq(store, point))
+    view = history.account_at_seq(store, point, account, reach=SNAPSHOT_EVERY // 2)
+    return document(view.state, account, view.exposure)

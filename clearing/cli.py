@@ -146,14 +146,11 @@ def state(store: str | None, at: str | None, seq: int | None, account: str | Non
     """The state at a point of the log (default: now)."""
     if at is not None and seq is not None:
         raise click.UsageError("give --at or --seq, not both")
-    from projections.report import state_document
-
     ledger = app.open_ledger(app.store_url(store))
     try:
-        current = app.state_at(ledger, seq=seq, ts=at)
+        doc = app.state_document(ledger, seq=seq, ts=at, account=account)
     finally:
         ledger.close()
-    doc = state_document(current, account)
     if as_json:
         _emit_json(doc)
         return

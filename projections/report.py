@@ -6,7 +6,7 @@ the same bytes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from events.numbers import fmt_units
 from events.timestamps import format_ts
@@ -48,18 +48,26 @@ def marks(state: LedgerState) -> dict[str, str]:
     }
 
 
-def exposure(state: LedgerState) -> dict[str, dict[str, str]]:
-    """Netted exposure per listed instrument, zeros included (interfaces §4)."""
+def exposure(
+    state: LedgerState, totals: Mapping[str, tuple[int, int]] | None = None
+) -> dict[str, dict[str, str]]:
+    """Netted exposure per listed instrument, zeros included (interfaces §4).
+
+    ``totals`` (instrument -> long, short) are given when ``state`` holds only some accounts
+    (projections/history.py ``account_at_seq``); otherwise they are summed over its holders."""
     out: dict[str, dict[str, str]] = {}
     for instrument in sorted(state.instruments):
         info = state.instruments[instrument]
-        long = short = 0
-        for holder in state.holders.get(instrument, ()):
-            qty = state.accounts[holder].positions[instrument]
-            if qty > 0:
-                long += qty
-            else:
-                short -= qty
+        if totals is not None:
+            long, short = totals[instrument]
+        else:
+            long = short = 0
+            for holder in state.holders.get(instrument, ()):
+                qty = state.accounts[holder].positions[instrument]
+                if qty > 0:
+                    long += qty
+                else:
+                    short -= qty
         insurance = state.accounts[INSURANCE].positions.get(instrument, 0) if state.accounts else 0
         out[instrument] = {
             "long": fmt_units(long, info.qty_decimals),
@@ -69,8 +77,14 @@ def exposure(state: LedgerState) -> dict[str, dict[str, str]]:
     return out
 
 
-def state_document(state: LedgerState, account: str | None = None) -> dict[str, Any]:
-    """The whole `clearing state --json` document; with ``account``, only that account."""
+def state_document(
+    state: LedgerState,
+    account: str | None = None,
+    exposure_totals: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """The whole `clearing state --json` document; with ``account``, only that account.
+
+    ``exposure_totals`` as for ``exposure``."""
     if account is None:
         ids = sorted(state.accounts)
     else:
@@ -83,5 +97,5 @@ def state_document(state: LedgerState, account: str | None = None) -> dict[str, 
         "marks": marks(state),
         "accounts": {a: account_entry(state, state.accounts[a]) for a in ids},
         "insurance_fund": fmt_units(insurance.cash if insurance else 0, state.scale),
-        "exposure": exposure(state),
+        "exposure": exposure(state, exposure_totals),
     }
