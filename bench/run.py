@@ -46,19 +46,36 @@ def phase_ingest(store: str, inputs: str) -> dict:
         key_file = os.path.join(os.path.dirname(inputs), "postgres.key")
     app.init_ledger(store, "bench.example/ledger", key_file)
     ledger = app.open_ledger(store)
-    with open(inputs, "rb") as f:
-        data = f.read()
-    started = time.perf_counter()
+    seconds = 0.0
+    summary = app.IngestSummary()
     with ledger.writer_lock():
         ingestor = app.Ingestor(ledger)
-        accepted, _dups, errors = ingestor.check_file(inputs, data)
-        assert errors is None
-        summary = app.IngestSummary()
-        ingestor.append_inputs(accepted, summary)
-    seconds = time.perf_counter() - started
+        for data in _files(inputs):  # the time to read the file is not counted
+            started = time.perf_counter()
+            accepted, _dups, errors = ingestor.check_file(inputs, data)
+            assert errors is None
+            ingestor.append_inputs(accepted, summary)
+            ingestor.flush()
+            seconds += time.perf_counter() - started
     head = ledger.head()[0]
     ledger.close()
     return {"events": head, "inputs": summary.appended, "seconds": seconds}
+
+
+#: Inputs per ingested file. interfaces §3.1 checks a whole file before appending any of it, so
+#: ingest holds one file in memory; a long log arrives as many files (one a day, say), and the
+#: peak memory depends on the largest file and the number of accounts, not the log's length.
+FILE_LINES = 500_000
+
+
+def _files(inputs: str):
+    """The workload as files of at most FILE_LINES lines (bytes), read one at a time."""
+    with open(inputs, "rb") as f:
+        while True:
+            lines = [line for _, line in zip(range(FILE_LINES), f)]
+            if not lines:
+                return
+            yield b"".join(lines)
 
 
 def phase_raw_insert(store: str) -> dict:

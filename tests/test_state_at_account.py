@@ -206,3 +206,44 @@ def test_a_mark_set_long_before_the_point_is_found_from_the_snapshot_after(store
     for seq in priced:
         for point in range(seq - 2, seq + 3):
             assert one(store, point, "acct-07", reach) == whole(store, point, "acct-07"), point
+
+
+def test_the_audit_reads_format_1_snapshots_and_still_catches_a_wrong_one(store, tmp_path):
+    """R3.7: a ledger whose snapshots were written in format 1 audits clean; a format 1
+    snapshot that is not the state at its seq is still a finding."""
+    import os
+    import shutil
+    import sqlite3
+
+    from clearing.audit import run_audit
+    from events.store import open_store
+
+    copy = str(tmp_path / "old.db")
+    src = sqlite3.connect(store.path)
+    dst = sqlite3.connect(copy)
+    src.backup(dst)
+    src.close()
+    if os.path.exists(store.path + ".key"):
+        shutil.copy(store.path + ".key", copy + ".key")
+    rows = dst.execute("select seq, state from snapshots order by seq").fetchall()
+    assert len(rows) >= 2
+    with dst:
+        for seq, data in rows:
+            dst.execute("update snapshots set state = ? where seq = ?", (_format_1(snapshot.decode(data)), seq))
+    dst.close()
+    old = open_store(copy)
+    report = run_audit(old)
+    assert report.ok, report.findings[:3]
+    old.close()
+
+    dst = sqlite3.connect(copy)
+    seq, data = rows[0]
+    wrong = snapshot.decode(data)
+    next(a for a in wrong.accounts.values() if not a.id.startswith("@")).cash += 1
+    with dst:
+        dst.execute("update snapshots set state = ? where seq = ?", (_format_1(wrong), seq))
+    dst.close()
+    old = open_store(copy)
+    report = run_audit(old)
+    old.close()
+    assert [(f.seq, f.rule) for f in report.findings] == [(seq, "R3.7")]
