@@ -282,8 +282,10 @@ class _SQLiteSource(_Source):
         return {id_: (seq, digest) for id_, seq, digest in rows}
 
     def snapshots(self) -> dict[int, bytes]:
-        rows = self._all("snapshots", "SELECT seq, state FROM snapshots ORDER BY seq")
-        return {seq: state for seq, state in rows if type(seq) is int}
+        # The blobs are read one at a time when the fold reaches their seq (in the same read
+        # transaction), so the audit's memory does not grow with the number of snapshots.
+        rows = self._all("snapshots", "SELECT seq FROM snapshots ORDER BY seq")
+        return _LazySnapshots(self, [seq for (seq,) in rows if type(seq) is int])
 
     def checkpoints(self) -> list[tuple[Any, Any]]:
         return self._all("checkpoints", "SELECT size, note FROM checkpoints ORDER BY size, id")
@@ -294,6 +296,20 @@ class _SQLiteSource(_Source):
         except sqlite3.Error:
             pass
         self.conn.close()
+
+
+class _LazySnapshots(dict):
+    """seq -> snapshot bytes of an SQLite ledger, each blob read when asked for."""
+
+    def __init__(self, source: _SQLiteSource, seqs: list[int]) -> None:
+        super().__init__((seq, None) for seq in seqs)
+        self.source = source
+
+    def get(self, seq, default=None):  # type: ignore[override]
+        if seq not in self:
+            return default
+        rows = self.source._all("snapshots", "SELECT state FROM snapshots WHERE seq = ?", (seq,))
+        return rows[0][0] if rows else default
 
 
 class _StoreSource(_Source):

