@@ -193,8 +193,11 @@ class _Source:
     def input_ids(self) -> dict[str, tuple[Any, Any]]:
         return {}
 
-    def snapshots(self) -> dict[int, bytes]:
-        return {}
+    def snapshot_seqs(self) -> list[int]:
+        return []
+
+    def snapshot(self, seq: int) -> bytes | None:
+        return None
 
     def checkpoints(self) -> list[tuple[Any, Any]]:
         return []
@@ -281,11 +284,15 @@ class _SQLiteSource(_Source):
         rows = self._all("input_ids", "SELECT id, seq, digest FROM input_ids")
         return {id_: (seq, digest) for id_, seq, digest in rows}
 
-    def snapshots(self) -> dict[int, bytes]:
-        # The blobs are read one at a time when the fold reaches their seq (in the same read
-        # transaction), so the audit's memory does not grow with the number of snapshots.
+    # The blobs are read one at a time when the fold reaches their seq (in the same read
+    # transaction), so the audit's memory does not grow with the number of snapshots.
+    def snapshot_seqs(self) -> list[int]:
         rows = self._all("snapshots", "SELECT seq FROM snapshots ORDER BY seq")
-        return _LazySnapshots(self, [seq for (seq,) in rows if type(seq) is int])
+        return [seq for (seq,) in rows if type(seq) is int]
+
+    def snapshot(self, seq: int) -> bytes | None:
+        rows = self._all("snapshots", "SELECT state FROM snapshots WHERE seq = ?", (seq,))
+        return rows[0][0] if rows else None
 
     def checkpoints(self) -> list[tuple[Any, Any]]:
         return self._all("checkpoints", "SELECT size, note FROM checkpoints ORDER BY size, id")
@@ -296,20 +303,6 @@ class _SQLiteSource(_Source):
         except sqlite3.Error:
             pass
         self.conn.close()
-
-
-class _LazySnapshots(dict):
-    """seq -> snapshot bytes of an SQLite ledger, each blob read when asked for."""
-
-    def __init__(self, source: _SQLiteSource, seqs: list[int]) -> None:
-        super().__init__((seq, None) for seq in seqs)
-        self.source = source
-
-    def get(self, seq, default=None):  # type: ignore[override]
-        if seq not in self:
-            return default
-        rows = self.source._all("snapshots", "SELECT state FROM snapshots WHERE seq = ?", (seq,))
-        return rows[0][0] if rows else default
 
 
 class _StoreSource(_Source):
@@ -659,7 +652,8 @@ class _Auditor:
         self.state_sizes = {cp.size for cp in self.checkpoints if cp.state_root is not None}
         if 0 in self.state_sizes:
             self.state_roots[0] = _state_root(LedgerState())
-        self.snapshots = source.snapshots()
+        self.source = source
+        self.snapshot_seqs = set(source.snapshot_seqs())
         self.pairs = self._consistency_pairs()
         self.needed = self._proof_keys()
         self.kept: dict[tuple[int, int], bytes] = {}  # recomputed nodes the proofs need
@@ -1025,7 +1019,7 @@ class _Auditor:
             f.add(seq if type(seq) is int else 0, "R3.4",
                   f"input_ids names input {id_!r} at seq {_short(seq)}, which is not that input",
                   kind="R3.4 input_ids")
-        for seq in self.snapshots:
+        for seq in sorted(self.snapshot_seqs):
             if seq > self.last_seq or seq < 0:
                 f.add(seq, "R3.7", f"a stored snapshot is for seq {seq}, beyond the log", kind="snapshot")
         self._finish_checkpoints()
@@ -1182,7 +1176,7 @@ class _Auditor:
                 self.state_roots[pos] = _state_root(st)
             except Exception as exc:
                 self.f.add(pos, "§5", f"the state at seq {pos} has no state root ({type(exc).__name__}: {exc})")
-        stored = self.snapshots.get(pos)
+        stored = self.source.snapshot(pos) if pos in self.snapshot_seqs else None
         if stored is not None:
             try:
                 derived = snapshot.encode(st)

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from events.numbers import fmt_units
 from events.timestamps import format_ts
+from projections.snapshot import exposure_totals
 from projections.state import INSURANCE, Account, LedgerState, is_system
 from projections.valuation import value
 
@@ -55,19 +56,12 @@ def exposure(
 
     ``totals`` (instrument -> long, short) are given when ``state`` holds only some accounts
     (projections/history.py ``account_at_seq``); otherwise they are summed over its holders."""
+    if totals is None:
+        totals = exposure_totals(state)
     out: dict[str, dict[str, str]] = {}
     for instrument in sorted(state.instruments):
         info = state.instruments[instrument]
-        if totals is not None:
-            long, short = totals[instrument]
-        else:
-            long = short = 0
-            for holder in state.holders.get(instrument, ()):
-                qty = state.accounts[holder].positions[instrument]
-                if qty > 0:
-                    long += qty
-                else:
-                    short -= qty
+        long, short = totals[instrument]
         insurance = state.accounts[INSURANCE].positions.get(instrument, 0) if state.accounts else 0
         out[instrument] = {
             "long": fmt_units(long, info.qty_decimals),
