@@ -190,8 +190,15 @@ class _Source:
     def nodes(self) -> Iterator[_Node]:
         return iter(())
 
-    def input_ids(self) -> dict[str, tuple[Any, Any]]:
-        return {}
+    # input_ids, read by id and streamed (never loaded whole: it has a row per input)
+    def input_id(self, id_: str) -> tuple[Any, Any] | None:
+        return None
+
+    def input_id_count(self) -> int:
+        return 0
+
+    def input_id_rows(self) -> Iterator[tuple[Any, Any, Any]]:
+        return iter(())
 
     def snapshot_seqs(self) -> list[int]:
         return []
@@ -280,9 +287,17 @@ class _SQLiteSource(_Source):
                 else:  # a row no append writes: sorts anywhere; report it as outside the log
                     yield _Node(-1, level, idx, h)
 
-    def input_ids(self) -> dict[str, tuple[Any, Any]]:
-        rows = self._all("input_ids", "SELECT id, seq, digest FROM input_ids")
-        return {id_: (seq, digest) for id_, seq, digest in rows}
+    def input_id(self, id_: str) -> tuple[Any, Any] | None:
+        rows = self._all("input_ids", "SELECT seq, digest FROM input_ids WHERE id = ?", (id_,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def input_id_count(self) -> int:
+        rows = self._all("input_ids", "SELECT count(*) FROM input_ids")
+        return rows[0][0] if rows else 0
+
+    def input_id_rows(self) -> Iterator[tuple[Any, Any, Any]]:
+        for page in self._stream("input_ids", "SELECT id, seq, digest FROM input_ids ORDER BY seq"):
+            yield from page
 
     # The blobs are read one at a time when the fold reaches their seq (in the same read
     # transaction), so the audit's memory does not grow with the number of snapshots.
@@ -434,6 +449,53 @@ class _Checkpoint(NamedTuple):
     size: int
     root: bytes
     state_root: bytes | None
+
+
+class _SeenIds:
+    """The input ids recorded so far, each with (seq, content digest) of its first recording
+    (R3.4), kept in a private temporary SQLite database on disk, so that the audit's memory does
+    not grow with the length of the log. The latest ids stay in a dict until ``FLUSH_EVERY``
+    of them, then go to the table in one ``executemany``."""
+
+    FLUSH_EVERY = 65536
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("", isolation_level=None)  # "": a temporary file, deleted on close
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, seq INTEGER, digest BLOB) WITHOUT ROWID")
+        self.recent: dict[str, tuple[int, bytes]] = {}
+        self.stored = 0
+        self._get = "SELECT seq, digest FROM seen WHERE id = ?"
+
+    def __len__(self) -> int:
+        return self.stored + len(self.recent)
+
+    def get(self, id_: str) -> tuple[int, bytes] | None:
+        first = self.recent.get(id_)
+        if first is None and self.stored:
+            row = self.db.execute(self._get, (id_,)).fetchone()
+            if row is not None:
+                first = (row[0], row[1])
+        return first
+
+    def add(self, id_: str, seq: int, digest: bytes) -> None:
+        """Record the first recording of ``id_`` (the caller checked ``get`` is None)."""
+        self.recent[id_] = (seq, digest)
+        if len(self.recent) >= self.FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.recent:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO seen VALUES (?, ?, ?)",
+                                [(k, v[0], v[1]) for k, v in self.recent.items()])
+            self.db.execute("COMMIT")
+            self.stored += len(self.recent)
+            self.recent = {}
+
+    def close(self) -> None:
+        self.db.close()
 
 
 class _Bands:
@@ -619,9 +681,9 @@ class _Auditor:
         self.leaf_changed = 0  # the last seq whose payload does not hash to event_index.leaf
         self.node_iter = source.nodes()
         self.node_next = next(self.node_iter, None) if source.has_nodes else None
-        self.input_rows = source.input_ids() if source.has_input_ids else {}
         self.check_input_ids = source.has_input_ids and "input_ids" not in source.broken
-        self.ids: dict[str, tuple[int, bytes]] = {}  # input id -> (seq, content) first recorded
+        self.input_rows_used = 0  # input_ids rows matched to the first recording of their id
+        self.ids = _SeenIds()  # input id -> (seq, content digest) first recorded (R3.4)
 
         # --- the fold of the recorded events and the running totals (R12.1 to R12.3)
         self.folded = LedgerState()
@@ -1015,10 +1077,20 @@ class _Auditor:
             if self.aligned:
                 self._node_finding(nxt.level, nxt.idx, "lies outside the log")
             self.node_next = next(self.node_iter, None)
-        for id_, (seq, _digest) in self.input_rows.items():
-            f.add(seq if type(seq) is int else 0, "R3.4",
-                  f"input_ids names input {id_!r} at seq {_short(seq)}, which is not that input",
-                  kind="R3.4 input_ids")
+        self.ids.flush()
+        if self.check_input_ids and self.src.input_id_count() != self.input_rows_used:
+            # Rows left over: their ids are not recorded inputs (or are listed twice).
+            unmatched = 0
+            for id_, seq, _digest in self.src.input_id_rows():
+                if not isinstance(id_, str) or self.ids.get(id_) is None:
+                    unmatched += 1
+                    f.add(seq if type(seq) is int else 0, "R3.4",
+                          f"input_ids names input {_short(id_)} at seq {_short(seq)}, which is not that input",
+                          kind="R3.4 input_ids")
+            extra = self.src.input_id_count() - self.input_rows_used - unmatched
+            if extra > 0:
+                f.add(self.last_seq, "R3.4", f"input_ids has {extra} more rows than the inputs it names",
+                      kind="R3.4 input_ids")
         for seq in sorted(self.snapshot_seqs):
             if seq > self.last_seq or seq < 0:
                 f.add(seq, "R3.7", f"a stored snapshot is for seq {seq}, beyond the log", kind="snapshot")
@@ -1043,9 +1115,11 @@ class _Auditor:
                   kind="R3.4 duplicate")
             ok = False
         else:
-            self.ids[inp.id] = (pos, digest)
+            self.ids.add(inp.id, pos, digest)
             if self.check_input_ids:
-                row = self.input_rows.pop(inp.id, None)
+                row = self.src.input_id(inp.id)
+                if row is not None:
+                    self.input_rows_used += 1
                 if row is None:
                     f.add(pos, "R3.4", f"input_ids has no row for input {inp.id!r} (seq {pos})",
                           kind="R3.4 input_ids")
@@ -1478,7 +1552,11 @@ def run_audit(
     if not store.exists():
         raise StoreError("store_missing", f"no ledger at {store.url}")
     source = _source_for(store)
+    auditor = None
     try:
-        return _Auditor(source, verifier_key, progress).run()
+        auditor = _Auditor(source, verifier_key, progress)
+        return auditor.run()
     finally:
+        if auditor is not None:
+            auditor.ids.close()
         source.close()

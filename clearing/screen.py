@@ -35,7 +35,8 @@ class Screen:
         self.rises: dict[str, list[tuple[int, int, str]]] = {}  # asset -> heap of (ceiling, v, h)
         self.always: dict[str, set[str]] = {}  # asset -> accounts with no allowance left
         self.always_of: dict[str, set[str]] = {}  # account -> the assets it is "always" on
-        self.live = 0
+        self.live_of: dict[str, int] = {}  # account -> heap entries of its current version
+        self.live = 0  # heap entries of current versions (stale ones are dropped by compact)
         self.refreshes = 0
         self.rebuild()
 
@@ -45,6 +46,7 @@ class Screen:
         self.rises.clear()
         self.always.clear()
         self.always_of.clear()
+        self.live_of.clear()
         self.live = 0
         for account_id in self.state.accounts:
             if not is_system(account_id):
@@ -57,6 +59,7 @@ class Screen:
         state = self.state
         version = self.version.get(account_id, 0) + 1
         self.version[account_id] = version
+        self.live -= self.live_of.pop(account_id, 0)  # its older entries are stale from here
         groups = self.always_of.pop(account_id, None)
         if groups:
             for asset in groups:
@@ -107,21 +110,25 @@ class Screen:
             return
         share = allowance // len(moving)
         marks = state.marks
+        pushed = 0
         for asset, lo, hi in moving:
             mark = marks[asset]
             steep = max(-lo if lo < 0 else lo, hi if hi > 0 else -hi, 1)
             band = share // steep  # price units the mark may move against the account
-            self.live += 1
             if hi > 0:  # the slope may be positive: loses when the price falls
                 heap = self.falls.get(asset)
                 if heap is None:
                     heap = self.falls[asset] = []
                 heapq.heappush(heap, (band - mark, version, account_id))
+                pushed += 1
             if lo < 0:  # the slope may be negative: loses when the price rises
                 heap = self.rises.get(asset)
                 if heap is None:
                     heap = self.rises[asset] = []
                 heapq.heappush(heap, (mark + band, version, account_id))
+                pushed += 1
+        self.live_of[account_id] = pushed
+        self.live += pushed
 
     def crossed(self, asset: str, price: int) -> set[str]:
         """The accounts whose band on ``asset`` the new mark leaves (to be valued exactly)."""

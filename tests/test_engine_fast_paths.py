@@ -57,3 +57,22 @@ def test_screened_engine_records_the_same_bytes_as_the_plain_engine():
         logs.append(out)
     assert logs[0] == logs[1]
     assert len(logs[0]) > len(inputs)  # some decisions were recorded
+
+
+
+def test_the_screen_heaps_stay_bounded_by_the_live_entries():
+    """R10.1 screen: every re-bound leaves stale heap entries behind and ``compact`` drops
+    them, so the engine's memory follows the number of accounts, not the length of the log.
+    (It once counted every push as live, so compaction never ran: 120,000 entries here.)"""
+    state = LedgerState()
+    engine = Engine(state)
+    screen = engine.screen
+    for i, inp in enumerate(_inputs(24000, 60)):
+        engine.process(msgspec.structs.replace(inp, seq=state.seq + 1))
+        if i % 3000 == 2999:
+            heaps = [h for side in (screen.falls, screen.rises) for h in side.values()]
+            current = sum(1 for h in heaps for _, v, a in h if screen.version.get(a) == v)
+            assert 0 < current <= screen.live  # live counts at least the current entries
+            # compaction runs every 1024 refreshes once the entries pass 4 × max(live, 1024)
+            assert sum(map(len, heaps)) <= 8 * max(current, 1024)
+    assert screen.refreshes > 20000

@@ -156,6 +156,23 @@ def test_an_input_id_recorded_twice_r3_4(ledger):
     assert any("recorded again" in f.message and "seq 8" in f.message for f in found), report.findings
 
 
+def test_an_input_id_recorded_twice_is_found_after_the_seen_ids_went_to_disk(ledger, monkeypatch):
+    """R3.4: the audit keeps the ids it has seen in a temporary table (its memory must not grow
+    with the log); an id first recorded before a flush is still found when recorded again."""
+    from clearing import audit as audit_module
+
+    monkeypatch.setattr(audit_module._SeenIds, "FLUSH_EVERY", 2)
+    rewrite(ledger, 9, id="d2")
+    found = at(audit(ledger), 9, "R3.4")
+    assert any("recorded again" in f.message and "seq 8" in f.message for f in found), found
+
+
+def test_an_input_ids_row_for_no_recorded_input_is_found_r3_4(ledger):
+    execute(ledger, "INSERT INTO input_ids VALUES ('ghost', 5, ?)", (b"\x05" * 32,))
+    found = at(audit(ledger), 5, "R3.4")
+    assert any("'ghost'" in f.message and "not that input" in f.message for f in found), found
+
+
 def test_a_decision_moved_to_another_input_r3_6(ledger):
     seq = seqs_of(ledger, "rejected")[0]
     rewrite(ledger, seq, ref="w1")
