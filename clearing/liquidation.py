@@ -56,12 +56,59 @@ def smallest_k(q_units: int, x: Fraction, y: Fraction, a: int, p: int) -> int | 
     return capped
 
 
+def outranks(a: str, b: str, standing: dict[str, tuple[int, int]]) -> int:
+    """R10.6 order of two counterparties (-1: ``a`` first) from their (equity, gross notional):
+    equity > 0 before equity <= 0; among equity > 0 higher effective leverage n/e first,
+    compared exactly (cross-multiplied); ties, and among equity <= 0, account id ascending."""
+    (ea, na), (eb, nb) = standing[a], standing[b]
+    if (ea > 0) != (eb > 0):
+        return -1 if ea > 0 else 1
+    if ea > 0:
+        lhs, rhs = na * eb, nb * ea
+        if lhs != rhs:
+            return -1 if lhs > rhs else 1
+    return -1 if a < b else (1 if a > b else 0)
+
+
+_LEVERAGE_BITS = 64
+
+
+def ranked(candidates: list[str], standing: dict[str, tuple[int, int]]):
+    """The candidates in R10.6 order (``outranks``), lazily: a step rarely needs more than the
+    first few of tens of thousands, so a heap instead of a sort with a Python comparison.
+
+    The heap key of an account with equity e > 0 is −floor(n·2^64 / e), integer and exact: a
+    higher leverage never has a larger key, so the heap order can differ from R10.6 only among
+    equal keys, and each run of equal keys is put in order with ``outranks`` itself."""
+    heap = []
+    for other in candidates:
+        equity, gross = standing[other]
+        if equity > 0:
+            heap.append((0, -((gross << _LEVERAGE_BITS) // equity), other))
+        else:
+            heap.append((1, 0, other))  # by id
+    heapq.heapify(heap)
+    order = cmp_to_key(lambda a, b: outranks(a, b, standing))
+    while heap:
+        group, key, first = heapq.heappop(heap)
+        if not heap or heap[0][0] != group or heap[0][1] != key:
+            yield first
+            continue
+        tied = [first]
+        while heap and heap[0][0] == group and heap[0][1] == key:
+            tied.append(heapq.heappop(heap)[2])
+        tied.sort(key=order)
+        yield from tied
+
+
 class Pass:
     """One liquidation pass (R10.1) over the accounts an input may have made liquidatable."""
 
     def __init__(self, decider: "Decider") -> None:
         self.decider = decider
         self.state: LedgerState = decider.state
+        # account -> (cash, positions, balances, (equity, gross notional)) at this pass's marks
+        self.standings: dict[str, tuple[int, dict[str, int], dict[str, int], tuple[int, int]]] = {}
 
     def run(self, candidates: set[str]) -> None:
         pending = {a for a in candidates if not is_system(a)}
@@ -207,6 +254,31 @@ class Pass:
         assert not acct.positions and not acct.balances and acct.cash == 0, "R10.5/R10.6 end state"
         return touched
 
+    def _other_side(self, account_id: str, instrument: str) -> list[str]:
+        """R10.6: the other non-system accounts holding the opposite side of ``instrument``."""
+        state = self.state
+        long = state.accounts[account_id].positions[instrument] > 0
+        accounts = state.accounts
+        return [
+            other
+            for other in state.holders[instrument]
+            if other != account_id
+            and not is_system(other)
+            and (accounts[other].positions[instrument] > 0) != long
+        ]
+
+    def _standing(self, account_id: str) -> tuple[int, int]:
+        """R10.6: (equity, Σ |q| × mark) of an account. A pass runs at fixed marks and listings,
+        so figures computed for the same cash, balances and positions are reused: a crash
+        makes many bankruptcies in one pass, each ranking the same tens of thousands of holders."""
+        acct = self.state.accounts[account_id]
+        seen = self.standings.get(account_id)
+        if seen is not None and seen[0] == acct.cash and seen[1] == acct.positions and seen[2] == acct.balances:
+            return seen[3]
+        figures = (value(self.state, acct).equity, gross_notional(self.state, acct))
+        self.standings[account_id] = (acct.cash, dict(acct.positions), dict(acct.balances), figures)
+        return figures
+
     def take_over(self, account_id: str) -> None:
         """R10.5: every position moves at mark to @insurance, no penalty."""
         state = self.state
@@ -259,24 +331,16 @@ class Pass:
         leftover = remainder - sum(shares.values())
         for instrument in sorted(instruments, key=lambda i: (-contributions[i], i))[:leftover]:
             shares[instrument] += 1
-        # Equity and leverage of every possible counterparty, once, as R10.6 starts.
-        snapshot: dict[str, tuple[int, int]] = {}
+        # Equity and leverage of every possible counterparty, once, as R10.6 starts. Only the
+        # holders of the other side can be one: a step moves positions of its own instrument
+        # only, toward zero (never across it), so the holders of the other side of i when i is
+        # handled are those at the start (``standing`` of an account not among them is a
+        # KeyError: a programmer's mistake, not a reading).
+        standing: dict[str, tuple[int, int]] = {}
         for instrument in instruments:
-            for other in state.holders[instrument]:
-                if other != account_id and not is_system(other) and other not in snapshot:
-                    other_acct = state.accounts[other]
-                    snapshot[other] = (value(state, other_acct).equity, gross_notional(state, other_acct))
-
-        def ranking(a: str, b: str) -> int:
-            (ea, na), (eb, nb) = snapshot[a], snapshot[b]
-            if (ea > 0) != (eb > 0):
-                return -1 if ea > 0 else 1
-            if ea > 0:
-                # Higher effective leverage n/e first, compared exactly: na/ea vs nb/eb.
-                lhs, rhs = na * eb, nb * ea
-                if lhs != rhs:
-                    return -1 if lhs > rhs else 1
-            return -1 if a < b else (1 if a > b else 0)
+            for other in self._other_side(account_id, instrument):
+                if other not in standing:
+                    standing[other] = self._standing(other)
 
         touched: set[str] = set()
         for instrument in instruments:
@@ -286,18 +350,11 @@ class Pass:
             q_a = acct.positions[instrument]
             size = abs(q_a)
             share = shares[instrument]
-            opposite = [
-                other
-                for other in state.holders[instrument]
-                if other != account_id
-                and not is_system(other)
-                and (state.accounts[other].positions[instrument] > 0) != (q_a > 0)
-            ]
-            opposite.sort(key=cmp_to_key(ranking))
+            opposite = self._other_side(account_id, instrument)  # read when handled (R10.6)
             left = size
             paid_total = 0
             steps: list[tuple[str, int, int]] = []  # (counterparty, qty, rank)
-            for rank, other in enumerate(opposite, start=1):
+            for rank, other in enumerate(ranked(opposite, standing), start=1):
                 if left == 0:
                     break
                 delta = min(abs(state.accounts[other].positions[instrument]), left)
@@ -309,7 +366,7 @@ class Pass:
                 last = index == len(steps) - 1
                 paid = share - paid_total if last else share * delta // size
                 paid_total += paid
-                equity, gross = snapshot.get(other, (0, 0))
+                equity, gross = standing.get(other, (0, 0))
                 self.decider.record(
                     s.Deleverage,
                     account=account_id,

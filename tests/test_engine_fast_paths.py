@@ -76,3 +76,21 @@ def test_the_screen_heaps_stay_bounded_by_the_live_entries():
             # compaction runs every 1024 refreshes once the entries pass 4 × max(live, 1024)
             assert sum(map(len, heaps)) <= 8 * max(current, 1024)
     assert screen.refreshes > 20000
+
+
+def test_exposure_totals_in_one_pass_equal_the_sums_over_each_instruments_holders():
+    """interfaces §4 exposure: the one-pass sum over the accounts' positions (the fast path a
+    snapshot and the state document use) equals the sums over each instrument's holders."""
+    from projections.snapshot import exposure_totals
+
+    state = LedgerState()
+    engine = Engine(state)
+    for i, inp in enumerate(_inputs(5000, 80)):
+        engine.process(msgspec.structs.replace(inp, seq=state.seq + 1))
+        if i % 500 == 499:
+            reference = {}
+            for instrument in state.instruments:
+                qtys = [state.accounts[h].positions[instrument] for h in state.holders.get(instrument, ())]
+                reference[instrument] = (sum(q for q in qtys if q > 0), -sum(q for q in qtys if q < 0))
+            assert exposure_totals(state) == reference
+            assert any(long for long, _ in reference.values())
