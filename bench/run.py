@@ -212,6 +212,40 @@ def run_phase(name: str, store: str, inputs: str = "", samples: int = 100) -> di
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+#: The long audit last, so that a run cut short still has the other figures (``--phase``).
+PHASE_ORDER = ("ingest", "raw_insert", "replay", "raw_scan", "state_at", "prove", "audit")
+
+
+def _rates(results: dict) -> dict:
+    return {k: results[k]["events"] / results[k]["seconds"] for k in ("ingest", "raw_insert", "replay", "raw_scan", "audit")}
+
+
+def tabulate(results: dict, args) -> tuple[dict, list[str]]:
+    """The JSON document and the printed table of a run's phase results."""
+    rate = _rates(results)
+    table = [
+        ("ingest", rate["ingest"], rate["ingest"] / rate["raw_insert"], "raw executemany", rate["raw_insert"], results["ingest"]["peak_rss_mib"], ">= 0.35"),
+        ("replay", rate["replay"], rate["replay"] / rate["raw_scan"], "raw scan + decode", rate["raw_scan"], results["replay"]["peak_rss_mib"], ">= 0.5"),
+        ("audit", rate["audit"], rate["audit"] / rate["raw_scan"], "raw scan + decode", rate["raw_scan"], results["audit"]["peak_rss_mib"], ">= 0.25"),
+    ]
+    doc = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "events": results["ingest"]["events"], "inputs": args.events, "accounts": args.accounts, "seed": args.seed,
+        "figures": results,
+        "ratios": {name: round(ratio, 4) for name, _r, ratio, *_ in table},
+    }
+    lines = [f"{'figure':<10} {'events/s':>12} {'ratio':>8}  {'baseline':<18} {'events/s':>12} {'peak RSS MiB':>13}  goal"]
+    for name, r, ratio, base_name, base, rss, goal in table:
+        lines.append(f"{name:<10} {r:>12,.0f} {ratio:>8.3f}  {base_name:<18} {base:>12,.0f} {rss:>13.1f}  {goal}")
+    sa, pr = results["state_at"], results["prove"]
+    lines.append(f"state --at p50 {sa['p50_ms']:.1f} ms, p99 {sa['p99_ms']:.1f} ms (`state --at TS --account A`: "
+                 f"{sa['samples']} random times, a random account each) "
+                 f"(goal at 10 M events: p50 <= 50 ms, p99 <= 200 ms); peak RSS {sa['peak_rss_mib']:.1f} MiB")
+    lines.append(f"prove {pr['prove_ms']:.1f} ms, verify {pr['verify_ms']:.1f} ms, proof {pr['bytes']:,} bytes "
+                 f"(goal at 100 k accounts: <= 100 ms / <= 5 ms)")
+    return doc, lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
@@ -243,31 +277,14 @@ def main() -> None:
     print(f"generating {args.events:,} inputs over {args.accounts:,} accounts in {work} ...", file=sys.stderr)
     write(inputs, args.events, args.accounts, seed=args.seed)
     results = {}
-    for name in ("ingest", "raw_insert", "replay", "raw_scan", "audit", "state_at", "prove"):
+    for name in PHASE_ORDER:
         print(f"  {name} ...", file=sys.stderr)
         results[name] = run_phase(name, store, inputs, args.samples)
-    rate = {k: results[k]["events"] / results[k]["seconds"] for k in ("ingest", "raw_insert", "replay", "raw_scan", "audit")}
-    table = [
-        ("ingest", rate["ingest"], rate["ingest"] / rate["raw_insert"], "raw executemany", rate["raw_insert"], results["ingest"]["peak_rss_mib"], ">= 0.35"),
-        ("replay", rate["replay"], rate["replay"] / rate["raw_scan"], "raw scan + decode", rate["raw_scan"], results["replay"]["peak_rss_mib"], ">= 0.5"),
-        ("audit", rate["audit"], rate["audit"] / rate["raw_scan"], "raw scan + decode", rate["raw_scan"], results["audit"]["peak_rss_mib"], ">= 0.25"),
-    ]
-    doc = {
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
-        "events": results["ingest"]["events"], "inputs": args.events, "accounts": args.accounts, "seed": args.seed,
-        "figures": results,
-        "ratios": {name: round(ratio, 4) for name, _r, ratio, *_ in table},
-    }
-    lines = [f"{'figure':<10} {'events/s':>12} {'ratio':>8}  {'baseline':<18} {'events/s':>12} {'peak RSS MiB':>13}  goal"]
-    for name, r, ratio, base_name, base, rss, goal in table:
-        lines.append(f"{name:<10} {r:>12,.0f} {ratio:>8.3f}  {base_name:<18} {base:>12,.0f} {rss:>13.1f}  {goal}")
-    sa, pr = results["state_at"], results["prove"]
-    lines.append(f"state --at p50 {sa['p50_ms']:.1f} ms, p99 {sa['p99_ms']:.1f} ms (`state --at TS --account A`: "
-                 f"{sa['samples']} random times, a random account each) "
-                 f"(goal at 10 M events: p50 <= 50 ms, p99 <= 200 ms); peak RSS {sa['peak_rss_mib']:.1f} MiB")
-    lines.append(f"prove {pr['prove_ms']:.1f} ms, verify {pr['verify_ms']:.1f} ms, proof {pr['bytes']:,} bytes "
-                 f"(goal at 100 k accounts: <= 100 ms / <= 5 ms)")
+        with open(os.path.join(work, "phases.json"), "w") as f:  # what a run cut short measured
+            json.dump(results, f, indent=2)
+    doc, lines = tabulate(results, args)
     if args.postgres:
+        rate = _rates(results)
         print("  ingest and replay on PostgreSQL ...", file=sys.stderr)
         pg = {name: run_phase(name, args.postgres, inputs, args.samples) for name in ("ingest", "replay")}
         doc["figures"]["postgres"] = pg
