@@ -73,32 +73,37 @@ def outranks(a: str, b: str, standing: dict[str, tuple[int, int]]) -> int:
 _LEVERAGE_BITS = 64
 
 
-def ranked(candidates: list[str], standing: dict[str, tuple[int, int]]):
-    """The candidates in R10.6 order (``outranks``), lazily: a step rarely needs more than the
-    first few of tens of thousands, so a heap instead of a sort with a Python comparison.
+def rank_key(account_id: str, equity: int, gross: int, version: int = 0) -> tuple[int, int, str, int]:
+    """The heap entry of a counterparty: an account with equity e > 0 keys −floor(n·2^64 / e),
+    an integer and exact, so a higher leverage never has a larger key; the heap order can then
+    differ from R10.6 only within a run of equal keys, which ``pop_run`` returns in the order
+    of ``outranks``. Equity <= 0: after all of those, by id."""
+    if equity > 0:
+        return (0, -((gross << _LEVERAGE_BITS) // equity), account_id, version)
+    return (1, 0, account_id, version)
 
-    The heap key of an account with equity e > 0 is −floor(n·2^64 / e), integer and exact: a
-    higher leverage never has a larger key, so the heap order can differ from R10.6 only among
-    equal keys, and each run of equal keys is put in order with ``outranks`` itself."""
-    heap = []
-    for other in candidates:
-        equity, gross = standing[other]
-        if equity > 0:
-            heap.append((0, -((gross << _LEVERAGE_BITS) // equity), other))
-        else:
-            heap.append((1, 0, other))  # by id
+
+def pop_run(heap: list[tuple[int, int, str, int]]) -> list[tuple[int, int, str, int]]:
+    """Pop the entries with the smallest (group, key) off a non-empty heap."""
+    run = [heapq.heappop(heap)]
+    while heap and heap[0][0] == run[0][0] and heap[0][1] == run[0][1]:
+        run.append(heapq.heappop(heap))
+    return run
+
+
+def order_run(accounts: list[str], standing) -> list[str]:
+    """A run of equal keys in R10.6 order (``standing``: account -> (equity, gross))."""
+    if len(accounts) > 1:
+        accounts.sort(key=cmp_to_key(lambda a, b: outranks(a, b, {k: standing(k) for k in (a, b)})))
+    return accounts
+
+
+def ranked(candidates: list[str], standing: dict[str, tuple[int, int]]):
+    """The candidates in R10.6 order, lazily (the order ``Pass.counterparties`` pops them in)."""
+    heap = [rank_key(other, *standing[other]) for other in candidates]
     heapq.heapify(heap)
-    order = cmp_to_key(lambda a, b: outranks(a, b, standing))
     while heap:
-        group, key, first = heapq.heappop(heap)
-        if not heap or heap[0][0] != group or heap[0][1] != key:
-            yield first
-            continue
-        tied = [first]
-        while heap and heap[0][0] == group and heap[0][1] == key:
-            tied.append(heapq.heappop(heap)[2])
-        tied.sort(key=order)
-        yield from tied
+        yield from order_run([entry[2] for entry in pop_run(heap)], standing.__getitem__)
 
 
 class Pass:
@@ -107,8 +112,12 @@ class Pass:
     def __init__(self, decider: "Decider") -> None:
         self.decider = decider
         self.state: LedgerState = decider.state
-        # account -> (cash, positions, balances, (equity, gross notional)) at this pass's marks
-        self.standings: dict[str, tuple[int, dict[str, int], dict[str, int], tuple[int, int]]] = {}
+        # R10.6 in a pass, at its fixed marks and listings (see ``counterparties``):
+        # account -> (cash, positions, balances, (equity, gross notional), version)
+        self.standings: dict[str, tuple[int, dict[str, int], dict[str, int], tuple[int, int], int]] = {}
+        # (instrument, long side) -> heap of (group, key, account, version) of its holders
+        self.sides: dict[tuple[str, bool], list[tuple[int, int, str, int]]] = {}
+        self.dirty: set[str] = set()  # accounts a handling changed since the last R10.6 start
 
     def run(self, candidates: set[str]) -> None:
         pending = {a for a in candidates if not is_system(a)}
@@ -124,6 +133,7 @@ class Pass:
                 if touched is None:
                     continue
                 handled = True
+                self.dirty |= touched
                 for other in touched:
                     if is_system(other):
                         continue
@@ -254,30 +264,103 @@ class Pass:
         assert not acct.positions and not acct.balances and acct.cash == 0, "R10.5/R10.6 end state"
         return touched
 
-    def _other_side(self, account_id: str, instrument: str) -> list[str]:
-        """R10.6: the other non-system accounts holding the opposite side of ``instrument``."""
-        state = self.state
-        long = state.accounts[account_id].positions[instrument] > 0
-        accounts = state.accounts
-        return [
-            other
-            for other in state.holders[instrument]
-            if other != account_id
-            and not is_system(other)
-            and (accounts[other].positions[instrument] > 0) != long
-        ]
+    # --- R10.6 counterparties ---------------------------------------------------------------
+    #
+    # A crash makes many bankruptcies in one pass, each ranking the tens of thousands of holders
+    # of the other side. Within a pass the marks and listings are fixed, so an account's
+    # (equity, gross notional) changes only when a handling changes the account (``dirty``);
+    # and no non-system account opens or grows a position (R10.3 to R10.6 move positions
+    # toward zero, or to @insurance). So each side of an instrument gets one heap per pass, in
+    # R10.6 order by the key of ``ranked``; at each R10.6 start the changed accounts get a fresh
+    # entry (a version per account makes the older ones stale), and a ranking pops the first
+    # few and puts back those still valid. The order is the rule's order exactly: a run of equal
+    # keys is ordered with ``outranks``.
 
     def _standing(self, account_id: str) -> tuple[int, int]:
-        """R10.6: (equity, Σ |q| × mark) of an account. A pass runs at fixed marks and listings,
-        so figures computed for the same cash, balances and positions are reused: a crash
-        makes many bankruptcies in one pass, each ranking the same tens of thousands of holders."""
+        """(equity, Σ |q| × mark) of an account now, recomputed only if it changed."""
         acct = self.state.accounts[account_id]
         seen = self.standings.get(account_id)
         if seen is not None and seen[0] == acct.cash and seen[1] == acct.positions and seen[2] == acct.balances:
             return seen[3]
         figures = (value(self.state, acct).equity, gross_notional(self.state, acct))
-        self.standings[account_id] = (acct.cash, dict(acct.positions), dict(acct.balances), figures)
+        version = seen[4] + 1 if seen is not None else 0
+        self.standings[account_id] = (acct.cash, dict(acct.positions), dict(acct.balances), figures, version)
         return figures
+
+    def _entry(self, account_id: str) -> tuple[int, int, str, int]:
+        equity, gross = self._standing(account_id)
+        return rank_key(account_id, equity, gross, self.standings[account_id][4])
+
+    def _side(self, instrument: str, long: bool) -> list[tuple[int, int, str, int]]:
+        """The heap of the non-system holders of one side of ``instrument`` (built once a pass)."""
+        heap = self.sides.get((instrument, long))
+        if heap is None:
+            accounts = self.state.accounts
+            heap = [
+                self._entry(other)
+                for other in self.state.holders[instrument]
+                if not is_system(other) and (accounts[other].positions[instrument] > 0) == long
+            ]
+            heapq.heapify(heap)
+            self.sides[(instrument, long)] = heap
+        return heap
+
+    def _refresh(self) -> None:
+        """Fresh entries for the accounts changed since the last R10.6 start."""
+        for account_id in sorted(self.dirty):
+            seen = self.standings.get(account_id)
+            if seen is None or is_system(account_id):
+                continue  # in no heap yet: a heap built later values it then
+            self._standing(account_id)
+            if self.standings[account_id][4] == seen[4]:
+                continue  # unchanged figures
+            entry = self._entry(account_id)
+            for instrument, qty in self.state.accounts[account_id].positions.items():
+                heap = self.sides.get((instrument, qty > 0))
+                if heap is not None:
+                    heapq.heappush(heap, entry)
+        self.dirty.clear()
+
+    def counterparties(
+        self, account_id: str, instrument: str, long: bool, size: int
+    ) -> tuple[list[tuple[str, int, int]], int]:
+        """R10.6 steps (counterparty, Δ, rank) against a position of |q| = ``size``, down the
+        ranking of the other non-system holders of the ``long`` side of ``instrument`` (read
+        now: who holds that side is read when the position is handled); and what is left."""
+        heap = self._side(instrument, long)
+        accounts, standings = self.state.accounts, self.standings
+        popped: list[tuple[int, int, str, int]] = []
+        steps: list[tuple[str, int, int]] = []
+        left = size
+        rank = 0
+        while heap and left:
+            valid = []
+            for entry in pop_run(heap):
+                other = entry[2]
+                seen = standings[other]
+                if entry[3] != seen[4]:
+                    continue  # stale: a fresher entry is in the heap
+                qty = accounts[other].positions.get(instrument, 0)
+                if qty == 0 or (qty > 0) != long:
+                    continue  # no longer on this side: it never comes back within the pass
+                popped.append(entry)
+                if other == account_id:
+                    continue  # the bankrupt account itself (it ends flat)
+                assert other in self.dirty or (
+                    seen[0] == accounts[other].cash and seen[1] == accounts[other].positions
+                    and seen[2] == accounts[other].balances
+                ), "R10.6: an account changed in the pass without being marked dirty"
+                valid.append(other)
+            for other in order_run(valid, lambda k: standings[k][3]):
+                if not left:
+                    break
+                rank += 1
+                delta = min(abs(accounts[other].positions[instrument]), left)
+                left -= delta
+                steps.append((other, delta, rank))
+        for entry in popped:  # still valid: later bankruptcies of the pass rank them again
+            heapq.heappush(heap, entry)
+        return steps, left
 
     def take_over(self, account_id: str) -> None:
         """R10.5: every position moves at mark to @insurance, no penalty."""
@@ -331,16 +414,13 @@ class Pass:
         leftover = remainder - sum(shares.values())
         for instrument in sorted(instruments, key=lambda i: (-contributions[i], i))[:leftover]:
             shares[instrument] += 1
-        # Equity and leverage of every possible counterparty, once, as R10.6 starts. Only the
-        # holders of the other side can be one: a step moves positions of its own instrument
-        # only, toward zero (never across it), so the holders of the other side of i when i is
-        # handled are those at the start (``standing`` of an account not among them is a
-        # KeyError: a programmer's mistake, not a reading).
-        standing: dict[str, tuple[int, int]] = {}
+        # Equity and leverage of every possible counterparty, once, as R10.6 starts: the
+        # side heaps of every instrument to handle are brought up to this moment now, before
+        # any step (a step's counterparties keep these figures for the later instruments).
+        self._refresh()
         for instrument in instruments:
-            for other in self._other_side(account_id, instrument):
-                if other not in standing:
-                    standing[other] = self._standing(other)
+            self._side(instrument, acct.positions[instrument] < 0)
+        standings = self.standings
 
         touched: set[str] = set()
         for instrument in instruments:
@@ -350,23 +430,15 @@ class Pass:
             q_a = acct.positions[instrument]
             size = abs(q_a)
             share = shares[instrument]
-            opposite = self._other_side(account_id, instrument)  # read when handled (R10.6)
-            left = size
+            steps, left = self.counterparties(account_id, instrument, q_a < 0, size)
             paid_total = 0
-            steps: list[tuple[str, int, int]] = []  # (counterparty, qty, rank)
-            for rank, other in enumerate(ranked(opposite, standing), start=1):
-                if left == 0:
-                    break
-                delta = min(abs(state.accounts[other].positions[instrument]), left)
-                left -= delta
-                steps.append((other, delta, rank))
             if left:
                 steps.append((INSURANCE, left, 0))  # the rest is held by @insurance
             for index, (other, delta, rank) in enumerate(steps):
                 last = index == len(steps) - 1
                 paid = share - paid_total if last else share * delta // size
                 paid_total += paid
-                equity, gross = standing.get(other, (0, 0))
+                equity, gross = standings[other][3] if other != INSURANCE else (0, 0)
                 self.decider.record(
                     s.Deleverage,
                     account=account_id,
@@ -386,4 +458,5 @@ class Pass:
                 )
                 if other != INSURANCE:
                     touched.add(other)
+                    self.dirty.add(other)  # its figures stay those of this R10.6 start
         return touched
