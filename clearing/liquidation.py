@@ -271,7 +271,7 @@ class Pass:
     # (equity, gross notional) changes only when a handling changes the account (``dirty``);
     # and no non-system account opens or grows a position (R10.3 to R10.6 move positions
     # toward zero, or to @insurance). So each side of an instrument gets one heap per pass, in
-    # R10.6 order by the key of ``ranked``; at each R10.6 start the changed accounts get a fresh
+    # R10.6 order by ``rank_key``; at each R10.6 start the changed accounts get a fresh
     # entry (a version per account makes the older ones stale), and a ranking pops the first
     # few and puts back those still valid. The order is the rule's order exactly: a run of equal
     # keys is ordered with ``outranks``.
