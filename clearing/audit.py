@@ -1078,7 +1078,8 @@ class _Auditor:
                 self._node_finding(nxt.level, nxt.idx, "lies outside the log")
             self.node_next = next(self.node_iter, None)
         self.ids.flush()
-        if self.check_input_ids and self.src.input_id_count() != self.input_rows_used:
+        rows = self.src.input_id_count() if self.check_input_ids else 0
+        if self.check_input_ids and rows != self.input_rows_used:
             # Rows left over: their ids are not recorded inputs (or are listed twice).
             unmatched = 0
             for id_, seq, _digest in self.src.input_id_rows():
@@ -1087,7 +1088,7 @@ class _Auditor:
                     f.add(seq if type(seq) is int else 0, "R3.4",
                           f"input_ids names input {_short(id_)} at seq {_short(seq)}, which is not that input",
                           kind="R3.4 input_ids")
-            extra = self.src.input_id_count() - self.input_rows_used - unmatched
+            extra = rows - self.input_rows_used - unmatched
             if extra > 0:
                 f.add(self.last_seq, "R3.4", f"input_ids has {extra} more rows than the inputs it names",
                       kind="R3.4 input_ids")

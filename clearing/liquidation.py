@@ -15,7 +15,7 @@ import heapq
 from fractions import Fraction
 from functools import cmp_to_key
 from math import ceil, floor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from events import schema as s
 from events.numbers import fmt_units
@@ -96,14 +96,6 @@ def order_run(accounts: list[str], standing) -> list[str]:
     if len(accounts) > 1:
         accounts.sort(key=cmp_to_key(lambda a, b: outranks(a, b, {k: standing(k) for k in (a, b)})))
     return accounts
-
-
-def ranked(candidates: list[str], standing: dict[str, tuple[int, int]]):
-    """The candidates in R10.6 order, lazily (the order ``Pass.counterparties`` pops them in)."""
-    heap = [rank_key(other, *standing[other]) for other in candidates]
-    heapq.heapify(heap)
-    while heap:
-        yield from order_run([entry[2] for entry in pop_run(heap)], standing.__getitem__)
 
 
 class Pass:
@@ -321,6 +313,18 @@ class Pass:
                     heapq.heappush(heap, entry)
         self.dirty.clear()
 
+    def rank_start(self, account_id: str, instruments: list[str]) -> Callable[[str], tuple[int, int]]:
+        """R10.6 starts: equity and leverage of every possible counterparty, once. The side
+        heaps of every instrument to handle are brought up to this moment now, before any step
+        (a step's counterparties keep these figures for the later instruments); the figures of
+        a counterparty as of now."""
+        self._refresh()
+        positions = self.state.accounts[account_id].positions
+        for instrument in instruments:
+            self._side(instrument, positions[instrument] < 0)
+        standings = self.standings
+        return lambda other: standings[other][3]
+
     def counterparties(
         self, account_id: str, instrument: str, long: bool, size: int
     ) -> tuple[list[tuple[str, int, int]], int]:
@@ -414,13 +418,7 @@ class Pass:
         leftover = remainder - sum(shares.values())
         for instrument in sorted(instruments, key=lambda i: (-contributions[i], i))[:leftover]:
             shares[instrument] += 1
-        # Equity and leverage of every possible counterparty, once, as R10.6 starts: the
-        # side heaps of every instrument to handle are brought up to this moment now, before
-        # any step (a step's counterparties keep these figures for the later instruments).
-        self._refresh()
-        for instrument in instruments:
-            self._side(instrument, acct.positions[instrument] < 0)
-        standings = self.standings
+        standing = self.rank_start(account_id, instruments)
 
         touched: set[str] = set()
         for instrument in instruments:
@@ -438,7 +436,7 @@ class Pass:
                 last = index == len(steps) - 1
                 paid = share - paid_total if last else share * delta // size
                 paid_total += paid
-                equity, gross = standings[other][3] if other != INSURANCE else (0, 0)
+                equity, gross = standing(other) if other != INSURANCE else (0, 0)
                 self.decider.record(
                     s.Deleverage,
                     account=account_id,

@@ -1,6 +1,7 @@
 """R10.6 in a pass with many bankruptcies: the per-pass side heaps (clearing/liquidation.py
 ``Pass.counterparties``) record the same decisions, byte for byte, as the simple path that
-values every holder and sorts them with the rule's comparison at each bankruptcy."""
+values every holder and sorts them with the rule's comparison at each bankruptcy (the split of
+R and the recording are shared: only the ranking is swapped)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from clearing import liquidation
 from clearing.engine import process
 from events import schema as s
 from events.canonical import canonical
-from events.numbers import fmt_units
 from events.parse import parse_line
-from projections.state import INSURANCE, LedgerState, is_system
-from projections.valuation import gross_notional, margin_term, notional, value
+from projections.state import LedgerState, is_system
+from projections.valuation import gross_notional, value
 
 MARKET = [
     '{"type":"asset","asset":"USD","decimals":6,"price_decimals":0,"haircut":"0","settlement":true}',
@@ -28,69 +28,34 @@ MARKET = [
 ]
 
 
-def simple_deleverage(self, account_id: str, remainder: int) -> set[str]:
-    """R10.6 as first written: every holder valued and sorted at each bankruptcy."""
+def simple_rank_start(self, account_id: str, instruments: list[str]):
+    """R10.6 as first written: every holder of the account's instruments valued at each start."""
     state = self.state
-    money = self.decider.money
-    acct = state.accounts[account_id]
-    instruments = sorted(acct.positions)
-    contributions = {}
-    for instrument in instruments:
-        info = state.instruments[instrument]
-        n = notional(info, acct.positions[instrument], state.marks[info.underlying])
-        contributions[instrument] = margin_term(n, info.mmf_num, info.mmf_den)
-    total_m = sum(contributions.values())
-    shares = {i: remainder * m // total_m for i, m in contributions.items()}
-    leftover = remainder - sum(shares.values())
-    for instrument in sorted(instruments, key=lambda i: (-contributions[i], i))[:leftover]:
-        shares[instrument] += 1
-    snapshot: dict[str, tuple[int, int]] = {}
+    self.simple = {}
     for instrument in instruments:
         for other in state.holders[instrument]:
-            if other != account_id and not is_system(other) and other not in snapshot:
-                other_acct = state.accounts[other]
-                snapshot[other] = (value(state, other_acct).equity, gross_notional(state, other_acct))
-    order = cmp_to_key(lambda a, b: liquidation.outranks(a, b, snapshot))
-    touched: set[str] = set()
-    for instrument in instruments:
-        info = state.instruments[instrument]
-        mark = state.marks[info.underlying]
-        price = fmt_units(mark, state.assets[info.underlying].price_decimals)
-        q_a = acct.positions[instrument]
-        size = abs(q_a)
-        share = shares[instrument]
-        opposite = sorted(
-            (o for o in state.holders[instrument]
-             if o != account_id and not is_system(o)
-             and (state.accounts[o].positions[instrument] > 0) != (q_a > 0)),
-            key=order,
-        )
-        left, paid_total, steps = size, 0, []
-        for rank, other in enumerate(opposite, start=1):
-            if left == 0:
-                break
-            delta = min(abs(state.accounts[other].positions[instrument]), left)
-            left -= delta
-            steps.append((other, delta, rank))
-        if left:
-            steps.append((INSURANCE, left, 0))
-        for index, (other, delta, rank) in enumerate(steps):
-            last = index == len(steps) - 1
-            paid = share - paid_total if last else share * delta // size
-            paid_total += paid
-            equity, gross = snapshot.get(other, (0, 0))
-            self.decider.record(
-                s.Deleverage, account=account_id, counterparty=other, instrument=instrument,
-                price=price, qty=fmt_units(delta, info.qty_decimals),
-                position_before=fmt_units(acct.positions[instrument], info.qty_decimals),
-                counterparty_position_before=fmt_units(
-                    state.accounts[other].positions.get(instrument, 0), info.qty_decimals),
-                share=money(share), paid=money(paid), rank=rank,
-                counterparty_equity=money(equity), counterparty_notional=money(gross),
-            )
-            if other != INSURANCE:
-                touched.add(other)
-    return touched
+            if other != account_id and not is_system(other) and other not in self.simple:
+                acct = state.accounts[other]
+                self.simple[other] = (value(state, acct).equity, gross_notional(state, acct))
+    return self.simple.__getitem__
+
+
+def simple_counterparties(self, account_id: str, instrument: str, long: bool, size: int):
+    """...and the other side sorted whole with the rule's comparison at each position."""
+    state = self.state
+    opposite = sorted(
+        (o for o in state.holders[instrument]
+         if o != account_id and not is_system(o) and (state.accounts[o].positions[instrument] > 0) == long),
+        key=cmp_to_key(lambda a, b: liquidation.outranks(a, b, self.simple)),
+    )
+    left, steps = size, []
+    for rank, other in enumerate(opposite, start=1):
+        if left == 0:
+            break
+        delta = min(abs(state.accounts[other].positions[instrument]), left)
+        left -= delta
+        steps.append((other, delta, rank))
+    return steps, left
 
 
 def crash_workload(seed: int, accounts: int = 90) -> list[str]:
@@ -137,7 +102,8 @@ def test_the_pass_heaps_record_what_the_simple_r10_6_records(seed, monkeypatch):
     lines = crash_workload(seed, accounts=200)
     fast, bankruptcies, most = run(lines)
     with monkeypatch.context() as patch:
-        patch.setattr(liquidation.Pass, "deleverage", simple_deleverage)
+        patch.setattr(liquidation.Pass, "rank_start", simple_rank_start)
+        patch.setattr(liquidation.Pass, "counterparties", simple_counterparties)
         simple, _, _ = run(lines)
     assert fast == simple
     assert bankruptcies >= 10 and most >= 3  # several bankruptcies in one pass

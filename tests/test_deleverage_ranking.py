@@ -1,4 +1,4 @@
-"""R10.6: the lazy ranking (a heap on an exact integer key, runs of equal keys ordered by the
+"""R10.6: the lazy ranking of clearing/liquidation.py (a heap on an exact integer key, runs of equal keys ordered by the
 rule's own comparison) gives the order of a full sort by the rule's comparison."""
 
 from __future__ import annotations
@@ -8,7 +8,18 @@ from functools import cmp_to_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clearing.liquidation import outranks, ranked
+import heapq
+
+from clearing.liquidation import order_run, outranks, pop_run, rank_key
+
+
+def ranked(candidates, standing):
+    """The order ``Pass.counterparties`` pops candidates in: a heap of ``rank_key`` entries,
+    each run of equal keys put in order by ``order_run``."""
+    heap = [rank_key(other, *standing[other]) for other in candidates]
+    heapq.heapify(heap)
+    while heap:
+        yield from order_run([entry[2] for entry in pop_run(heap)], standing.__getitem__)
 
 # Equities and notionals that make exact ties (equal leverage, different ids), leverages that
 # differ by less than 2^-64 (the same heap key), equity 0 and below, and huge minor-unit sums.
